@@ -1,0 +1,84 @@
+/*!
+Start-up hardening against the caller, before anything else is done.
+
+The order matters and is documented in SECURITY.md; each step is covered by
+a privileged test that runs the installed helper as a real user:
+
+1. standard descriptors 0–2 open (a closed one is reopened on `/dev/null`
+   and then refused: stdin closed is exit 66, stdout or stderr closed 64);
+2. the environment cleared;
+3. umask 077 (every file is also created and chmod-ed with an explicit mode);
+4. soft RLIMIT_FSIZE and RLIMIT_NOFILE raised to the hard limits, SIGXFSZ
+   ignored (an EFBIG write is then reported, not fatal);
+5. core dumps off and the process made non-dumpable;
+6. every capability dropped when started by root;
+7. signals: all unblocked, SIGPIPE ignored, termination signals recorded
+   so an interrupted write removes its temporary file;
+8. an alarm bounds the helper's lifetime.
+
+The caller's identity comes from the kernel (real uid/gid), never from the
+environment or the command line.
+*/
+#![forbid(unsafe_code)]
+
+use nix::unistd::{Gid, Uid, getegid, geteuid, getgid, getuid};
+use outq_spool::exit::Code;
+use outq_spool::process;
+
+use crate::failure::Failure;
+
+/// Longest time the helper may live: a caller that never closes standard
+/// input must not hold a temporary file forever.
+pub const MAX_LIFETIME_SECS: u32 = 3600;
+
+/// Facts about the process established at start-up.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// Started set-group-ID (`AT_SECURE`).
+    pub secure: bool,
+    /// `no_new_privs` is set (the set-group-ID bit was ignored).
+    pub no_new_privs: bool,
+    pub ruid: Uid,
+    pub rgid: Gid,
+    pub euid: Uid,
+    pub egid: Gid,
+}
+
+pub fn harden() -> Result<Env, Failure> {
+    let closed = process::ensure_std_fds().map_err(|e| {
+        Failure::temp(format!("cannot open /dev/null for a closed standard descriptor: {e}"), "check /dev/null")
+    })?;
+    // Read before anything can change them.
+    let env = Env {
+        secure: process::is_secure(),
+        no_new_privs: process::no_new_privs(),
+        ruid: getuid(),
+        rgid: getgid(),
+        euid: geteuid(),
+        egid: getegid(),
+    };
+    process::clear_environment();
+    process::set_umask(0o077);
+    process::prepare_file_size_limit()
+        .map_err(|e| Failure::temp(format!("cannot adjust the file size limit: {e}"), "check the resource limits"))?;
+    process::raise_open_files_limit()
+        .map_err(|e| Failure::temp(format!("cannot adjust the open files limit: {e}"), "check the resource limits"))?;
+    process::disable_core_dumps()
+        .map_err(|e| Failure::temp(format!("cannot disable core dumps: {e}"), "check the resource limits"))?;
+    if env.ruid.is_root() || env.euid.is_root() {
+        process::clear_capabilities()
+            .map_err(|e| Failure::temp(format!("cannot drop capabilities: {e}"), "report this as a bug"))?;
+    }
+    process::catch_termination_signals()
+        .map_err(|e| Failure::temp(format!("cannot set up signal handling: {e}"), "report this as a bug"))?;
+    nix::unistd::alarm::set(MAX_LIFETIME_SECS);
+    outq_spool::log::open(c"outq-enqueue");
+    if closed.stdin {
+        return Err(Failure::new(Code::NoInput, "standard input is closed", "give the message on standard input"));
+    }
+    if closed.stdout || closed.stderr {
+        let which = if closed.stdout { "output" } else { "error" };
+        return Err(Failure::usage(format!("standard {which} is closed (the queue ID and errors are written there)")));
+    }
+    Ok(env)
+}

@@ -1,0 +1,253 @@
+/*!
+Writing one entry: create in `tmp/`, stream, commit into `new/`.
+
+1. A fresh queue ID names `tmp/ID`, created with
+   `O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC` and mode 0600; the new file is
+   checked on its descriptor (regular, one link, our uid and the spool's
+   group).
+2. The header is written with a zero size, then standard input is copied in
+   64 KiB pieces (constant memory), refusing NUL bytes and anything past
+   `message_size_limit`; then the trailer, then the real size in place.
+3. `fchmod` to the committed mode 0404, `fsync`, and
+   `renameat2(RENAME_NOREPLACE)` from `tmp/ID` to `new/ID`: the single
+   commit point. A reader never sees a partial entry in `new/`.
+4. The rename is made durable by `fsync` again on the file: the helper may
+   not open `new/` for reading (no `r` for its group, by design), and on
+   journaling filesystems (ext4, XFS, btrfs) this commits the transaction
+   that holds the rename. See outq-spool(5), DURABILITY.
+
+Any failure or termination signal before step 3 unlinks `tmp/ID`; SIGKILL
+can only leave a file in `tmp/`, which the runner removes after
+`tmp_max_age`.
+*/
+#![forbid(unsafe_code)]
+
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::time::SystemTime;
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, RenameFlags, openat, renameat2};
+use nix::sys::stat::{Mode, fchmod, fstat};
+use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
+use outq_spool::config::Config;
+use outq_spool::entry::{self, Header};
+use outq_spool::exit::Code;
+use outq_spool::fs;
+use outq_spool::layout;
+use outq_spool::log;
+use outq_spool::process;
+use outq_spool::queue_id::QueueId;
+
+use crate::failure::Failure;
+use crate::policy::{Caller, Envelope};
+use crate::spool::Dirs;
+use crate::startup::Env;
+
+const CHUNK: usize = 64 * 1024;
+
+/// A temporary file in `tmp/` that is removed unless committed.
+struct TempEntry<'a> {
+    dir: &'a OwnedFd,
+    id: QueueId,
+    file: std::fs::File,
+    committed: bool,
+}
+
+impl Drop for TempEntry<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = unlinkat(self.dir.as_fd(), self.id.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+    }
+}
+
+fn io_failure(step: &str, e: Errno) -> Failure {
+    match e {
+        Errno::ENOSPC | Errno::EDQUOT => {
+            Failure::temp(format!("spool filesystem full while {step}"), "free disk space on the spool's filesystem")
+        }
+        Errno::EFBIG => Failure::temp(
+            format!("file size limit reached while {step}"),
+            "raise the caller's file size limit (ulimit -f)",
+        ),
+        Errno::EMFILE | Errno::ENFILE => Failure::temp(
+            format!("too many open files while {step}"),
+            "raise the caller's open files limit (ulimit -n)",
+        ),
+        _ => Failure::temp(
+            format!("I/O error while {step}: {}", e.desc()),
+            "check the spool filesystem and the system log",
+        ),
+    }
+}
+
+fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32))
+}
+
+fn interrupted() -> Option<Failure> {
+    process::pending_signal().map(|sig| {
+        if sig == nix::sys::signal::Signal::SIGALRM as i32 {
+            Failure::temp("timed out waiting for the message", "send the whole message and close standard input")
+        } else {
+            Failure::temp(format!("interrupted by signal {sig}"), "submit the message again")
+        }
+    })
+}
+
+/// Create `tmp/ID` for a fresh ID, retrying on the (unlikely) collision.
+fn create<'a>(dirs: &'a Dirs, env: &Env, now: SystemTime) -> Result<TempEntry<'a>, Failure> {
+    let flags =
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+    for _ in 0..8 {
+        let id = QueueId::generate(now)
+            .map_err(|e| Failure::temp(format!("cannot get random bytes: {e}"), "check the kernel's random source"))?;
+        let fd = match openat(dirs.tmp.as_fd(), id.as_str(), flags, Mode::from_bits_truncate(layout::TMP_ENTRY_MODE)) {
+            Ok(fd) => fd,
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(io_failure("creating the queue file", e)),
+        };
+        let entry = TempEntry { dir: &dirs.tmp, id, file: std::fs::File::from(fd), committed: false };
+        verify_created(&entry, env)?;
+        return Ok(entry);
+    }
+    Err(Failure::temp("could not find a free queue file name", "try again"))
+}
+
+/// The file we just created must be ours: regular, one link, our uid, the
+/// spool's group, and exactly the mode we asked for whatever the umask.
+fn verify_created(entry: &TempEntry<'_>, env: &Env) -> Result<(), Failure> {
+    fchmod(entry.file.as_fd(), Mode::from_bits_truncate(layout::TMP_ENTRY_MODE))
+        .map_err(|e| io_failure("setting the queue file's mode", e))?;
+    let st = fstat(entry.file.as_fd()).map_err(|e| io_failure("checking the queue file", e))?;
+    if !fs::is_regular(&st) || st.st_nlink != 1 || st.st_uid != env.euid.as_raw() || st.st_gid != env.egid.as_raw() {
+        return Err(Failure::temp("the new queue file is not what was created", "check the spool with 'outq check'"));
+    }
+    Ok(())
+}
+
+/// Copy standard input after the header; returns the message size.
+fn stream_message(entry: &mut TempEntry<'_>, header_len: u64, limit: u64) -> Result<u64, Failure> {
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        if let Some(f) = interrupted() {
+            return Err(f);
+        }
+        let n = match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Failure::new(
+                    Code::NoInput,
+                    format!("cannot read standard input: {e}"),
+                    "give the message on standard input",
+                ));
+            }
+        };
+        let chunk = buf.get(..n).unwrap_or(&[]);
+        if chunk.contains(&0) {
+            return Err(Failure::new(
+                Code::DataErr,
+                "the message contains a NUL byte",
+                "encode binary content (MIME base64)",
+            ));
+        }
+        size += n as u64;
+        if size > limit {
+            return Err(Failure::new(
+                Code::DataErr,
+                format!("message larger than message_size_limit ({limit} bytes)"),
+                "send a smaller message or raise message_size_limit in outq.conf",
+            ));
+        }
+        entry
+            .file
+            .write_all_at(chunk, header_len + size - n as u64)
+            .map_err(|e| io_failure("writing the message", errno_of(&e)))?;
+    }
+    if size == 0 {
+        return Err(Failure::new(Code::DataErr, "the message is empty", "give the message on standard input"));
+    }
+    Ok(size)
+}
+
+/// Write, commit and make durable one entry; returns its queue ID.
+pub fn submit(
+    dirs: &Dirs,
+    cfg: &Config,
+    env: &Env,
+    caller: &Caller,
+    envelope: &Envelope,
+) -> Result<(QueueId, u64), Failure> {
+    let now = SystemTime::now();
+    let mut entry = create(dirs, env, now)?;
+    let arrival = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let header = Header {
+        id: entry.id.clone(),
+        arrival,
+        uid: caller.uid,
+        login: caller.login.clone(),
+        sender: envelope.sender.clone(),
+        recipients: envelope.recipients.clone(),
+        size: 0,
+    };
+    let encoded = header.encode();
+    let header_len = encoded.bytes.len() as u64;
+    entry.file.write_all_at(&encoded.bytes, 0).map_err(|e| io_failure("writing the envelope", errno_of(&e)))?;
+    let size = stream_message(&mut entry, header_len, cfg.message_size_limit)?;
+    entry
+        .file
+        .write_all_at(entry::TRAILER, header_len + size)
+        .map_err(|e| io_failure("writing the trailer", errno_of(&e)))?;
+    entry
+        .file
+        .write_all_at(entry::format_size(size).as_bytes(), encoded.size_offset as u64)
+        .map_err(|e| io_failure("writing the size", errno_of(&e)))?;
+    fchmod(entry.file.as_fd(), Mode::from_bits_truncate(layout::ENTRY_MODE))
+        .map_err(|e| io_failure("setting the queue file's mode", e))?;
+    fsync(entry.file.as_fd()).map_err(|e| io_failure("flushing the queue file", e))?;
+    if let Some(f) = interrupted() {
+        return Err(f);
+    }
+    commit(&mut entry, dirs)?;
+    Ok((entry.id.clone(), size))
+}
+
+/// The commit point: rename into `new/` without replacing, then make the
+/// rename durable.
+fn commit(entry: &mut TempEntry<'_>, dirs: &Dirs) -> Result<(), Failure> {
+    let id = entry.id.as_str();
+    renameat2(dirs.tmp.as_fd(), id, dirs.new.as_fd(), id, RenameFlags::RENAME_NOREPLACE)
+        .map_err(|e| io_failure("committing the queue file", e))?;
+    // From here on the entry is in new/; tmp/ID no longer exists.
+    entry.committed = true;
+    if let Err(e) = fsync(entry.file.as_fd()) {
+        // Not durable: take it back if the runner has not claimed it yet,
+        // and let the caller retry (a duplicate is better than a loss).
+        let _ = unlinkat(dirs.new.as_fd(), id, UnlinkatFlags::NoRemoveDir);
+        return Err(io_failure("flushing the committed queue file", e));
+    }
+    Ok(())
+}
+
+/// Print the queue ID and log the acceptance.
+pub fn announce(id: &QueueId, size: u64, caller: &Caller, envelope: &Envelope) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let printed = writeln!(out, "{id}").and_then(|()| out.flush());
+    log::info(&format!(
+        "{id}: uid={} ({}) from={} nrcpt={} size={size}",
+        caller.uid,
+        log::escape(caller.login.as_bytes()),
+        log::escape(envelope.sender.to_string().as_bytes()),
+        envelope.recipients.len()
+    ));
+    if let Err(e) = printed {
+        log::warning(&format!("{id}: accepted, but the queue ID could not be printed: {e}"));
+    }
+}

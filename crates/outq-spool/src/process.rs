@@ -1,0 +1,145 @@
+/*!
+Process-level hardening primitives for a program started by a hostile caller.
+
+The caller of a set-group-ID program controls its file descriptors, umask,
+resource limits, signal mask and dispositions, and environment. Each function
+here neutralises one of those; the helper calls them in a fixed order that
+`SECURITY.md` lists. The `unsafe` parts are in the private `sys` module.
+*/
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::os::fd::IntoRawFd;
+
+use nix::fcntl::{OFlag, open};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::stat::{Mode, umask};
+
+use crate::sys;
+
+/// Which of the standard descriptors were closed when the process started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClosedStdFds {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+impl ClosedStdFds {
+    pub fn any(&self) -> bool {
+        self.stdin || self.stdout || self.stderr
+    }
+}
+
+/// Make sure descriptors 0, 1 and 2 are open, opening `/dev/null` on any
+/// that is closed, so that no file the program opens later can land on a
+/// standard descriptor and receive output meant for the terminal. Returns
+/// which ones were closed.
+pub fn ensure_std_fds() -> io::Result<ClosedStdFds> {
+    let mut closed = ClosedStdFds::default();
+    for fd in 0..3 {
+        if sys::fd_is_open(fd) {
+            continue;
+        }
+        match fd {
+            0 => closed.stdin = true,
+            1 => closed.stdout = true,
+            _ => closed.stderr = true,
+        }
+        // open(2) returns the lowest free descriptor; the lower ones are
+        // open by now, so this lands on `fd`.
+        let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_NOCTTY, Mode::empty())?;
+        let raw = null.into_raw_fd();
+        if raw != fd {
+            return Err(io::Error::other("could not reopen a closed standard descriptor"));
+        }
+    }
+    Ok(closed)
+}
+
+/// Whether the kernel runs this process in secure-execution mode
+/// (`getauxval(AT_SECURE)`): started set-group-ID by someone outside the group.
+pub fn is_secure() -> bool {
+    sys::at_secure()
+}
+
+/// Whether `no_new_privs` is set, which makes the kernel ignore the
+/// set-group-ID bit (systemd `NoNewPrivileges=yes`, `setpriv --no-new-privs`).
+pub fn no_new_privs() -> bool {
+    nix::sys::prctl::get_no_new_privs().unwrap_or(false)
+}
+
+/// Remove the whole environment. Must be called before any thread starts.
+pub fn clear_environment() {
+    sys::clear_environment();
+}
+
+/// Replace the caller's umask; outq also sets every mode explicitly.
+pub fn set_umask(mask: u32) {
+    umask(Mode::from_bits_truncate(mask));
+}
+
+/// Raise the soft limit of `resource` to its hard limit and return the soft
+/// limit now in force.
+fn raise_to_hard(resource: Resource) -> io::Result<u64> {
+    let (soft, hard) = getrlimit(resource)?;
+    if soft != hard {
+        setrlimit(resource, hard, hard)?;
+    }
+    Ok(hard)
+}
+
+/// Raise the soft file-size limit to the hard one and ignore SIGXFSZ, so
+/// that a write past a limit the caller set fails with EFBIG, which is
+/// reported, instead of killing the process with a partial file.
+pub fn prepare_file_size_limit() -> io::Result<u64> {
+    sys::ignore_signals(&[libc::SIGXFSZ])?;
+    raise_to_hard(Resource::RLIMIT_FSIZE)
+}
+
+/// Raise the soft open-files limit to the hard one.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    raise_to_hard(Resource::RLIMIT_NOFILE)
+}
+
+/// Forbid core dumps and make the process non-dumpable: a core file would
+/// hold message data, and the caller must not be able to ptrace us.
+pub fn disable_core_dumps() -> io::Result<()> {
+    setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+    nix::sys::prctl::set_dumpable(false)?;
+    Ok(())
+}
+
+/// Drop every capability. When root runs the helper, root's capabilities
+/// would let it bypass the very permission checks the spool relies on.
+pub fn clear_capabilities() -> io::Result<()> {
+    sys::clear_capabilities()
+}
+
+/// This thread's effective capability mask (0 when it holds none).
+pub fn effective_capabilities() -> io::Result<u64> {
+    sys::effective_capabilities()
+}
+
+/// Unblock all signals, ignore SIGPIPE (a write to a closed pipe must be an
+/// error we report), and catch SIGHUP, SIGINT, SIGTERM, SIGQUIT and SIGALRM
+/// with a handler that only records them; see [`pending_signal`].
+pub fn catch_termination_signals() -> io::Result<()> {
+    sys::unblock_all_signals()?;
+    sys::ignore_signals(&[libc::SIGPIPE])?;
+    sys::catch_signals(&[libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGALRM])
+}
+
+/// The first terminating signal received since [`catch_termination_signals`],
+/// if any.
+pub fn pending_signal() -> Option<i32> {
+    match sys::pending_signal() {
+        0 => None,
+        n => Some(n),
+    }
+}
+
+/// Fill `buf` with random bytes from the kernel.
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    sys::fill_random(buf)
+}

@@ -1,0 +1,175 @@
+/*!
+The only `unsafe` code in outq: libc calls that neither the standard library
+nor nix wraps safely. Each function is small, takes no raw pointers from its
+callers, and states why it is sound. Safe wrappers with policy live in
+[`crate::process`].
+*/
+
+use std::io;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// Whether the kernel started this process in secure-execution mode
+/// (set-user-ID or set-group-ID, or gained capabilities).
+///
+/// `getauxval(AT_SECURE)` is the kernel's own answer; comparing real and
+/// effective IDs would miss a set-group-ID program run by a member of its
+/// group, and would be fooled by nothing else.
+pub(crate) fn at_secure() -> bool {
+    // SAFETY: getauxval reads the auxiliary vector the kernel gave this
+    // process; it takes an integer and returns an integer, touching no memory
+    // we own.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+/// Remove every environment variable.
+///
+/// Called once at start-up, before any other thread exists (the helper never
+/// starts one), which is what makes modifying `environ` sound.
+pub(crate) fn clear_environment() {
+    // SAFETY: clearenv only frees and resets the process environment; the
+    // helper is single-threaded at this point, so no concurrent getenv can
+    // observe the change, and no Rust reference into `environ` is held.
+    unsafe {
+        libc::clearenv();
+    }
+}
+
+/// Fill `buf` from the kernel's random number generator.
+pub(crate) fn fill_random(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = buf.get_mut(done..).unwrap_or(&mut []);
+        // SAFETY: the pointer and length describe `rest`, a live mutable
+        // slice we exclusively borrow for the duration of the call; the
+        // kernel writes at most `rest.len()` bytes into it.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Empty this thread's effective, permitted and inheritable capability sets
+/// (which also empties the ambient set).
+pub(crate) fn clear_capabilities() -> io::Result<()> {
+    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: capset(2) with version 3 reads one header and two data
+    // structures; both are live, correctly laid out (repr(C), matching
+    // <linux/capability.h>) and outlive the call. pid 0 means this thread.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The effective capability set of this thread, as a 64-bit mask.
+pub(crate) fn effective_capabilities() -> io::Result<u64> {
+    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: capget(2) writes two data structures that we own and that
+    // outlive the call; the header is live and correctly laid out.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, data.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let [lo, hi] = data;
+    Ok(u64::from(lo.effective) | (u64::from(hi.effective) << 32))
+}
+
+/// The number of the first terminating signal received, or 0.
+static PENDING_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn record_signal(sig: libc::c_int) {
+    // Only an atomic store: async-signal-safe, no allocation, no path.
+    let _ = PENDING_SIGNAL.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+}
+
+/// Catch `signals` with a handler that only records the signal number, and
+/// without SA_RESTART so that a blocking read returns EINTR and the caller
+/// can clean up.
+pub(crate) fn catch_signals(signals: &[libc::c_int]) -> io::Result<()> {
+    for &sig in signals {
+        // SAFETY: the sigaction structure is zero-initialised (a valid
+        // value for every field), then given a handler that is an
+        // `extern "C" fn(c_int)` touching only an atomic, which is
+        // async-signal-safe. sa_mask is emptied with sigemptyset.
+        let rc = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = record_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = 0;
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Set `signals` to be ignored (SIG_IGN).
+pub(crate) fn ignore_signals(signals: &[libc::c_int]) -> io::Result<()> {
+    for &sig in signals {
+        // SAFETY: installing SIG_IGN runs no code of ours in signal context.
+        let rc = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = libc::SIG_IGN;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Unblock every signal (a caller may exec us with signals blocked).
+pub(crate) fn unblock_all_signals() -> io::Result<()> {
+    // SAFETY: the set is initialised by sigemptyset before use, and
+    // sigprocmask only reads it.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub(crate) fn pending_signal() -> i32 {
+    PENDING_SIGNAL.load(Ordering::SeqCst)
+}
+
+/// Whether file descriptor `fd` is open.
+pub(crate) fn fd_is_open(fd: libc::c_int) -> bool {
+    // SAFETY: F_GETFD on any integer is harmless: it only reports EBADF for a
+    // closed descriptor and does not change the descriptor table.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}

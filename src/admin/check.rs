@@ -1,0 +1,294 @@
+/*!
+`outq check`: audit an installation, in the spirit of `postfix check`.
+
+Each problem is one line naming what is wrong and the command that fixes
+it. Exit 0 when nothing is found, 1 otherwise. Checked:
+
+- the configuration file and its directory (owner root, not writable by
+  group or others, parses, no unknown keys);
+- the queue user and the helper's group (exist; the group is dedicated: not
+  `mail`, not root's, nobody's primary group, no members);
+- every path of the spool layout and the directories above it;
+- the installed helper (root-owned, set-group-ID to the helper's group, not
+  writable by group or others, not set-user-ID);
+- free space against `spool_min_free`.
+*/
+#![forbid(unsafe_code)]
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::ExitCode;
+
+use nix::errno::Errno;
+use nix::fcntl::AtFlags;
+use nix::sys::stat::{FileStat, SFlag, fstatat};
+use nix::unistd::Uid;
+use outq_spool::config::{self, ConfigError};
+use outq_spool::fs::{self, AncestorPolicy};
+use outq_spool::layout::{GroupRole, Kind, PARTS};
+
+use super::{Target, resolve};
+use crate::cli::CheckArgs;
+use crate::error::Error;
+
+/// One problem and its remedy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub problem: String,
+    pub fix: String,
+}
+
+fn finding(problem: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding { problem: problem.into(), fix: fix.into() }
+}
+
+pub fn run(args: &CheckArgs) -> Result<ExitCode, Error> {
+    let t = resolve(&args.spool)?;
+    let helper = args.helper.clone().unwrap_or_else(|| config::ENQUEUE_PROGRAM.into());
+    let mut found = Vec::new();
+    check_config(&t, &mut found);
+    check_accounts(&t, &mut found);
+    check_spool(&t, &mut found);
+    check_helper(&t, &helper, &mut found);
+    check_free_space(&t, &mut found);
+    for f in &found {
+        println!("outq check: {} (fix: {})", f.problem, f.fix);
+    }
+    if found.is_empty() {
+        println!(
+            "outq check: {} is in order (owner {}, helper group {}, helper {})",
+            t.spool.display(),
+            t.user.name,
+            t.group.name,
+            helper.display()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("outq check: {} problem(s) found", found.len());
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn check_config(t: &Target, out: &mut Vec<Finding>) {
+    let shown = t.config_path.display();
+    match &t.config_error {
+        Some(ConfigError::Untrusted(e)) => out.push(finding(
+            format!("configuration {shown} is not trusted: {e}"),
+            format!("chown root:root {shown} && chmod 0644 {shown} (and its directory: owned by root, mode 0755)"),
+        )),
+        Some(ConfigError::Syntax { error, .. }) => {
+            out.push(finding(format!("configuration {shown}: {error}"), "correct that line (see outq.conf(5))"))
+        }
+        None => {}
+    }
+    for (key, line) in &t.cfg.unknown {
+        out.push(finding(
+            format!("configuration {shown} line {line}: unknown key {key}"),
+            "correct or remove it (see outq.conf(5))",
+        ));
+    }
+}
+
+/// Primary gids of every account in /etc/passwd (accounts known only to
+/// another NSS source are not seen; see outq(8)).
+fn primary_group_users(gid: u32) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string("/etc/passwd") else { return Vec::new() };
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            match (f.first(), f.get(3)) {
+                (Some(name), Some(g)) if g.parse::<u32>().ok() == Some(gid) => Some((*name).to_owned()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn check_accounts(t: &Target, out: &mut Vec<Finding>) {
+    let (user, group) = (&t.user, &t.group);
+    if user.uid.is_root() {
+        out.push(finding("the queue owner is root", "create a dedicated user: useradd --system outq"));
+    }
+    if group.name == "mail" || group.gid.as_raw() == 0 {
+        out.push(finding(
+            format!("the helper's group {} is a shared system group", group.name),
+            "create a dedicated group: groupadd --system outqdrop",
+        ));
+    }
+    let primaries = primary_group_users(group.gid.as_raw());
+    if !primaries.is_empty() {
+        out.push(finding(
+            format!(
+                "group {} is the primary group of {}; its members could create queue files directly",
+                group.name,
+                primaries.join(", ")
+            ),
+            "use a dedicated group that no account has as its primary group",
+        ));
+    }
+    if !group.mem.is_empty() {
+        out.push(finding(
+            format!("group {} has members ({}); only the helper may hold it", group.name, group.mem.join(", ")),
+            format!("gpasswd -d USER {} for each member", group.name),
+        ));
+    }
+}
+
+fn stat_nofollow(dir: &impl AsFd, name: &str) -> Result<FileStat, Errno> {
+    fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+}
+
+fn file_type(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+}
+
+fn check_spool(t: &Target, out: &mut Vec<Finding>) {
+    let root_shown = t.spool.display().to_string();
+    let init = format!("outq init --spool {root_shown} --user {} --group {}", t.user.name, t.group.name);
+    let policy = AncestorPolicy { owners: vec![Uid::from_raw(0)], allow_sticky: true };
+    let parent = t.spool.parent().unwrap_or(Path::new("/"));
+    let parent_fd = match fs::open_dir_path(parent, &policy) {
+        Ok((fd, _)) => fd,
+        Err(e) => {
+            out.push(finding(
+                format!("a directory above the spool is unsafe or missing: {e}"),
+                "directories above the spool must be owned by root and not writable by others",
+            ));
+            return;
+        }
+    };
+    let Some(root_name) = t.spool.file_name().and_then(|n| n.to_str()) else {
+        out.push(finding(
+            format!("{root_shown} is not a usable spool path"),
+            "set spool_directory to an absolute path",
+        ));
+        return;
+    };
+    match stat_nofollow(&parent_fd, root_name) {
+        Err(Errno::ENOENT) => {
+            out.push(finding(format!("spool {root_shown} does not exist"), init));
+            return;
+        }
+        Err(e) => {
+            out.push(finding(format!("cannot examine {root_shown}: {}", e.desc()), "run outq check as root"));
+            return;
+        }
+        Ok(_) => {}
+    }
+    let root_fd = match fs::open_child_dir(&parent_fd, root_name, &root_shown) {
+        Ok(fd) => fd,
+        Err(e) => {
+            out.push(finding(format!("spool root: {e}"), format!("move it aside, then {init}")));
+            return;
+        }
+    };
+    for part in PARTS.iter() {
+        let shown = if part.name.is_empty() { root_shown.clone() } else { format!("{root_shown}/{}", part.name) };
+        let st = if part.name.is_empty() {
+            nix::sys::stat::fstat(root_fd.as_fd())
+        } else {
+            stat_nofollow(&root_fd, part.name)
+        };
+        let st = match st {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => {
+                out.push(finding(format!("{shown} is missing"), init.clone()));
+                continue;
+            }
+            Err(e) => {
+                out.push(finding(format!("cannot examine {shown}: {}", e.desc()), "run outq check as root"));
+                continue;
+            }
+        };
+        let want_type = if part.kind == Kind::Dir { SFlag::S_IFDIR } else { SFlag::S_IFREG };
+        if file_type(&st) == SFlag::S_IFLNK {
+            out.push(finding(format!("{shown} is a symbolic link"), format!("remove it, then {init}")));
+            continue;
+        }
+        if file_type(&st) != want_type {
+            out.push(finding(
+                format!("{shown} is not a {}", if part.kind == Kind::Dir { "directory" } else { "regular file" }),
+                format!("move it aside, then {init}"),
+            ));
+            continue;
+        }
+        let (gid, gname) = match part.group {
+            GroupRole::Owner => (t.user.gid, format!("{}'s group (gid {})", t.user.name, t.user.gid)),
+            GroupRole::Drop => (t.group.gid, t.group.name.clone()),
+        };
+        if st.st_uid != t.user.uid.as_raw() {
+            out.push(finding(
+                format!("{shown} is owned by uid {}, expected {}", st.st_uid, t.user.name),
+                format!("chown {} {shown}", t.user.name),
+            ));
+        }
+        if st.st_gid != gid.as_raw() {
+            out.push(finding(
+                format!("{shown} has group gid {}, expected {gname}", st.st_gid),
+                format!("chgrp {} {shown}", gid),
+            ));
+        }
+        let mode = st.st_mode & 0o7777;
+        if mode != part.mode {
+            out.push(finding(
+                format!("{shown} has mode {mode:04o}, expected {:04o}", part.mode),
+                format!("chmod {:04o} {shown}", part.mode),
+            ));
+        }
+    }
+}
+
+fn check_helper(t: &Target, helper: &Path, out: &mut Vec<Finding>) {
+    let shown = helper.display();
+    let st = match nix::sys::stat::lstat(helper) {
+        Ok(st) => st,
+        Err(e) => {
+            out.push(finding(
+                format!("helper {shown}: {}", e.desc()),
+                "install outq-enqueue (see README), or give its path with --helper",
+            ));
+            return;
+        }
+    };
+    let fix = format!("chown root:{} {shown} && chmod 2755 {shown}", t.group.name);
+    if file_type(&st) != SFlag::S_IFREG {
+        out.push(finding(
+            format!("helper {shown} is not a regular file"),
+            "install the binary itself there, not a link",
+        ));
+        return;
+    }
+    let mode = st.st_mode & 0o7777;
+    if st.st_uid != 0 {
+        out.push(finding(format!("helper {shown} is owned by uid {}, not root", st.st_uid), fix.clone()));
+    }
+    if st.st_gid != t.group.gid.as_raw() {
+        out.push(finding(
+            format!("helper {shown} has group gid {}, expected {}", st.st_gid, t.group.name),
+            fix.clone(),
+        ));
+    }
+    if mode & 0o2000 == 0 {
+        out.push(finding(format!("helper {shown} is not set-group-ID (mode {mode:04o})"), fix.clone()));
+    }
+    if mode & 0o4000 != 0 {
+        out.push(finding(format!("helper {shown} is set-user-ID (mode {mode:04o}); it must never be"), fix.clone()));
+    }
+    if mode & 0o022 != 0 {
+        out.push(finding(format!("helper {shown} is writable by group or others (mode {mode:04o})"), fix));
+    }
+}
+
+fn check_free_space(t: &Target, out: &mut Vec<Finding>) {
+    let Ok(vfs) = nix::sys::statvfs::statvfs(&t.spool) else { return };
+    let avail = outq_spool::fs::available_bytes(&vfs);
+    if avail < t.cfg.spool_min_free {
+        out.push(finding(
+            format!(
+                "spool filesystem has {avail} bytes free, below spool_min_free ({}); the helper refuses mail",
+                t.cfg.spool_min_free
+            ),
+            "free disk space on the spool's filesystem",
+        ));
+    }
+}

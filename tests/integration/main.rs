@@ -1,0 +1,17 @@
+/*!
+outq's integration tests: one binary that runs the real programs.
+
+- `support`: the command builder, spools, and the root-only fixtures (test
+  users and groups, a set-group-ID copy of the helper, the configuration
+  file lock);
+- `enqueue`: the helper in development mode (no privilege needed);
+- `privileged`: the helper installed set-group-ID and run as real users,
+  hostile callers, and `outq init` / `outq check` on a real installation.
+  These skip with a visible message when not root, and fail instead when
+  `OUTQ_REQUIRE_PRIVILEGED=1`.
+*/
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod enqueue;
+mod privileged;
+mod support;

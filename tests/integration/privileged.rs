@@ -1,0 +1,1 @@
+//! Privileged tests (filled below).
