@@ -59,10 +59,24 @@ pub fn load_config(args: &Args, env: &Env) -> Result<Config, Failure> {
     let trust = Trust { owners: trusted_owners(env), allow_sticky: !env.secure };
     match config::load(&path, &trust) {
         Ok((cfg, _found)) => Ok(cfg),
-        Err(e) => Err(Failure::temp(
-            e.to_string(),
+        Err(config::ConfigError::Untrusted(e)) => Err(fs_failure(
+            e,
+            "configuration not trusted",
             "the file and its directories must be owned by root and not writable by group or others; see outq.conf(5)",
         )),
+        Err(e) => Err(Failure::temp(e.to_string(), "correct the configuration file; see outq.conf(5)")),
+    }
+}
+
+/// A filesystem failure while finding the spool or the configuration: the
+/// caller's descriptor limit, or the installation.
+fn fs_failure(e: FsError, what: &str, fix: &str) -> Failure {
+    match e.errno() {
+        Some(Errno::EMFILE | Errno::ENFILE) => {
+            Failure::temp(format!("{what}: {e}"), "raise the caller's open files limit (ulimit -n)")
+        }
+        Some(Errno::ENOMEM) => Failure::temp(format!("{what}: {e}"), "retry when memory is available"),
+        _ => Failure::temp(format!("{what}: {e}"), fix),
     }
 }
 
@@ -72,7 +86,7 @@ fn misconfigured(e: FsError) -> Failure {
         (Problem::Sys(_), _) => "check the spool with 'outq check'",
         _ => "repair it with 'outq init', then verify with 'outq check'",
     };
-    Failure::temp(format!("spool misconfigured: {e}"), fix)
+    fs_failure(e, "spool misconfigured", fix)
 }
 
 /// Why the helper is not running with the spool's group.
@@ -151,7 +165,7 @@ fn open_drop_dir(root: &OwnedFd, root_shown: &str, name: &str, owner: Uid, env: 
 }
 
 /// Refuse when the spool's filesystem has less than `spool_min_free` bytes
-/// (plus room for this message) available.
+/// available to unprivileged users.
 pub fn check_free_space(dirs: &Dirs, cfg: &Config) -> Result<(), Failure> {
     let vfs = nix::sys::statvfs::fstatvfs(dirs.tmp.as_fd()).map_err(|e| {
         Failure::temp(format!("cannot read free space of the spool: {}", e.desc()), "check the spool filesystem")

@@ -11,7 +11,7 @@ a privileged test that runs the installed helper as a real user:
 4. soft RLIMIT_FSIZE and RLIMIT_NOFILE raised to the hard limits, SIGXFSZ
    ignored (an EFBIG write is then reported, not fatal);
 5. core dumps off and the process made non-dumpable;
-6. every capability dropped when started by root;
+6. every capability dropped (root's would bypass the spool's permissions);
 7. signals: all unblocked, SIGPIPE ignored, termination signals recorded
    so an interrupted write removes its temporary file;
 8. an alarm bounds the helper's lifetime.
@@ -65,10 +65,10 @@ pub fn harden() -> Result<Env, Failure> {
         .map_err(|e| Failure::temp(format!("cannot adjust the open files limit: {e}"), "check the resource limits"))?;
     process::disable_core_dumps()
         .map_err(|e| Failure::temp(format!("cannot disable core dumps: {e}"), "check the resource limits"))?;
-    if env.ruid.is_root() || env.euid.is_root() {
-        process::clear_capabilities()
-            .map_err(|e| Failure::temp(format!("cannot drop capabilities: {e}"), "report this as a bug"))?;
-    }
+    // Root's capabilities would bypass the permission checks the spool relies
+    // on; any other caller should hold none, and dropping is always allowed.
+    process::clear_capabilities()
+        .map_err(|e| Failure::temp(format!("cannot drop capabilities: {e}"), "report this as a bug"))?;
     process::catch_termination_signals()
         .map_err(|e| Failure::temp(format!("cannot set up signal handling: {e}"), "report this as a bug"))?;
     nix::unistd::alarm::set(MAX_LIFETIME_SECS);

@@ -22,7 +22,6 @@ can only leave a file in `tmp/`, which the runner removes after
 */
 #![forbid(unsafe_code)]
 
-use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::time::SystemTime;
@@ -130,21 +129,23 @@ fn verify_created(entry: &TempEntry<'_>, env: &Env) -> Result<(), Failure> {
 
 /// Copy standard input after the header; returns the message size.
 fn stream_message(entry: &mut TempEntry<'_>, header_len: u64, limit: u64) -> Result<u64, Failure> {
-    let mut stdin = std::io::stdin().lock();
+    // read(2) on descriptor 0 directly: std's Stdin would report EBADF (a
+    // write-only descriptor) as end of input.
+    let stdin = std::io::stdin();
     let mut buf = vec![0u8; CHUNK];
     let mut size = 0u64;
     loop {
         if let Some(f) = interrupted() {
             return Err(f);
         }
-        let n = match stdin.read(&mut buf) {
+        let n = match nix::unistd::read(stdin.as_fd(), &mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(Errno::EINTR) => continue,
             Err(e) => {
                 return Err(Failure::new(
                     Code::NoInput,
-                    format!("cannot read standard input: {e}"),
+                    format!("cannot read standard input: {}", e.desc()),
                     "give the message on standard input",
                 ));
             }
