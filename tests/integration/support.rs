@@ -154,3 +154,338 @@ pub fn message(size: usize) -> Vec<u8> {
     m.truncate(size);
     m
 }
+
+// ---------------------------------------------------------------------------
+// Root-only fixtures for the privileged tests. Everything here changes the
+// system (accounts, /etc/outq/outq.conf), so each piece undoes itself in
+// Drop, which also runs when a test panics.
+
+/// Whether this process may run the privileged tests. Prints a visible
+/// skip line when it may not; fails instead with `OUTQ_REQUIRE_PRIVILEGED=1`
+/// so a CI run as the wrong user cannot pass silently.
+pub fn privileged(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("OUTQ_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
+        panic!("privileged test needs root: {test}");
+    }
+    // Straight to the descriptor: libtest captures eprintln! of passing tests.
+    let _ = writeln!(std::io::stderr(), "SKIPPED (needs root): {test}");
+    false
+}
+
+/// Where privileged test runs serialise across processes (several checkouts
+/// or test binaries may run at once; they share /etc/outq/outq.conf).
+pub const PRIVILEGED_LOCK_PATH: &str = "/run/outq-tests.lock";
+
+static PRIVILEGED_MUTEX: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Held for a whole privileged test: the process-wide mutex (libtest runs
+/// tests on threads) and an exclusive flock(2) shared with other processes.
+pub struct PrivilegedLock {
+    _flock: nix::fcntl::Flock<std::fs::File>,
+    _mutex: std::sync::MutexGuard<'static, ()>,
+}
+
+pub fn privileged_lock() -> PrivilegedLock {
+    use std::os::unix::fs::OpenOptionsExt;
+    // A test that panicked while holding the mutex poisons it; its fixture
+    // has been torn down by then, so the next test may go on.
+    let mutex = PRIVILEGED_MUTEX.lock().unwrap_or_else(|e| e.into_inner());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(PRIVILEGED_LOCK_PATH)
+        .unwrap_or_else(|e| panic!("open {PRIVILEGED_LOCK_PATH}: {e}"));
+    let flock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("flock {PRIVILEGED_LOCK_PATH}: {e}"));
+    PrivilegedLock { _flock: flock, _mutex: mutex }
+}
+
+/// Run a root administration command (useradd, chown...) and require success.
+#[track_caller]
+pub fn root_cmd(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).stdin(Stdio::null()).output().expect(program);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Run a command, ignoring failure (cleanup, where panicking would abort).
+fn root_cmd_quiet(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A test account with its own primary group of the same name.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub uid: u32,
+    /// The account's own primary group (`useradd --user-group`).
+    pub gid: u32,
+}
+
+/// A dedicated test group for the helper.
+#[derive(Debug, Clone)]
+pub struct TestGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
+/// Accounts created so far, removed in reverse order on drop.
+#[derive(Default)]
+struct AccountCleanup {
+    users: Vec<String>,
+    groups: Vec<String>,
+}
+
+impl Drop for AccountCleanup {
+    fn drop(&mut self) {
+        for user in self.users.iter().rev() {
+            // -f as a fallback: a helper left running by a failed test would
+            // otherwise keep the account alive.
+            if !root_cmd_quiet("userdel", &[user]) {
+                root_cmd_quiet("userdel", &["-f", user]);
+            }
+            // userdel keeps the user's own group when it still has members.
+            if nix::unistd::Group::from_name(user).ok().flatten().is_some() {
+                root_cmd_quiet("groupdel", &[user]);
+            }
+        }
+        for group in self.groups.iter().rev() {
+            root_cmd_quiet("groupdel", &[group]);
+        }
+    }
+}
+
+/// The accounts of one privileged test: the helper's dedicated group, two
+/// callers and the queue owner.
+pub struct TestAccounts {
+    pub group: TestGroup,
+    pub caller: Account,
+    pub second: Account,
+    pub owner: Account,
+    _cleanup: AccountCleanup,
+}
+
+static NAME_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A fresh name `oqt<pid><n>` used by no user and no group.
+fn fresh_name() -> String {
+    use nix::unistd::{Group, User};
+    for _ in 0..1000 {
+        let n = NAME_COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("oqt{}{n}", std::process::id());
+        assert!(name.len() <= 32, "account name too long: {name}");
+        let taken = User::from_name(&name).ok().flatten().is_some() || Group::from_name(&name).ok().flatten().is_some();
+        if !taken {
+            return name;
+        }
+    }
+    panic!("no free test account name");
+}
+
+impl TestAccounts {
+    pub fn create() -> TestAccounts {
+        use nix::unistd::{Group, User};
+        // Filled as we go, so a failure halfway removes what was made.
+        let mut cleanup = AccountCleanup::default();
+        let group_name = fresh_name();
+        root_cmd("groupadd", &["--system", &group_name]);
+        cleanup.groups.push(group_name.clone());
+        let group = Group::from_name(&group_name).unwrap().expect("new group");
+        let mut user = || {
+            let name = fresh_name();
+            root_cmd(
+                "useradd",
+                &["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", &name],
+            );
+            cleanup.users.push(name.clone());
+            let u = User::from_name(&name).unwrap().expect("new user");
+            assert_ne!(u.gid, group.gid, "the helper's group must not be a primary group");
+            Account { name, uid: u.uid.as_raw(), gid: u.gid.as_raw() }
+        };
+        let (caller, second, owner) = (user(), user(), user());
+        TestAccounts {
+            group: TestGroup { name: group_name, gid: group.gid.as_raw() },
+            caller,
+            second,
+            owner,
+            _cleanup: cleanup,
+        }
+    }
+}
+
+/// A copy of the built helper in its own root-owned 0755 directory under
+/// /tmp (every user can reach it), owned root:`gid` with `mode`.
+pub fn install_helper(dir: &Path, name: &str, gid: u32, mode: u32) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::copy(bin("outq-enqueue"), &path).unwrap();
+    std::os::unix::fs::chown(&path, Some(0), Some(gid)).unwrap();
+    // After chown, which clears the set-group-ID bit.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+/// A root-owned 0755 temporary directory under /tmp.
+pub fn root_tempdir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// The system configuration file the installed helper reads
+/// (`outq_spool::config::CONFIG_PATH`), taken over for one test: whatever
+/// was there is put back on drop, and /etc/outq removed if we created it.
+pub struct SystemConfig {
+    path: PathBuf,
+    /// Content, mode, uid and gid of the file that was there.
+    saved: Option<(Vec<u8>, u32, u32, u32)>,
+    created_dir: Option<PathBuf>,
+}
+
+impl SystemConfig {
+    pub fn take() -> SystemConfig {
+        let path = PathBuf::from(outq_spool::config::CONFIG_PATH);
+        let dir = path.parent().unwrap().to_path_buf();
+        let created_dir = match std::fs::symlink_metadata(&dir) {
+            Ok(m) => {
+                assert!(m.is_dir(), "{} is not a directory", dir.display());
+                None
+            }
+            Err(_) => {
+                std::fs::create_dir(&dir).unwrap();
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+                std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
+                Some(dir)
+            }
+        };
+        let saved = match std::fs::symlink_metadata(&path) {
+            Ok(m) => {
+                assert!(m.is_file(), "{} is not a regular file; not touching it", path.display());
+                Some((std::fs::read(&path).unwrap(), m.mode() & 0o7777, m.uid(), m.gid()))
+            }
+            Err(_) => None,
+        };
+        SystemConfig { path, saved, created_dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replace the file's content, root:root 0644.
+    pub fn write(&self, text: &str) {
+        std::fs::write(&self.path, text).unwrap();
+        std::os::unix::fs::chown(&self.path, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}
+
+impl Drop for SystemConfig {
+    fn drop(&mut self) {
+        match &self.saved {
+            Some((text, mode, uid, gid)) => {
+                let _ = std::fs::write(&self.path, text);
+                let _ = std::os::unix::fs::chown(&self.path, Some(*uid), Some(*gid));
+                let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(*mode));
+            }
+            None => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+        if let Some(dir) = &self.created_dir {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// A command that runs `program` as `who` (real and effective uid and gid,
+/// its supplementary groups from the group database) with an empty
+/// environment, the way a real caller would start it.
+pub fn as_user(who: &Account, setpriv_opts: &[&str], program: &Path) -> Command {
+    let mut c = Command::new("/usr/bin/setpriv");
+    c.env_clear().current_dir("/");
+    c.arg(format!("--reuid={}", who.uid)).arg(format!("--regid={}", who.gid));
+    if !setpriv_opts.iter().any(|o| o.starts_with("--groups") || o.starts_with("--clear-groups")) {
+        c.arg("--init-groups");
+    }
+    c.args(setpriv_opts).arg("--").arg(program);
+    c
+}
+
+/// Like [`run_with_input`], but fails the test instead of hanging when the
+/// program does not finish within `timeout`.
+pub fn run_timeout(mut cmd: Command, input: &[u8], timeout: std::time::Duration) -> Ran {
+    use std::io::Read;
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    // The child may exit without reading everything: write from a thread.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let status = wait_timeout(&mut child, timeout).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{cmd:?} did not finish within {timeout:?}");
+    });
+    let _ = writer.join();
+    Ran {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&out.join().unwrap()).into_owned(),
+        stderr: String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
+    }
+}
+
+/// Poll `child` until it exits or `timeout` passes.
+pub fn wait_timeout(child: &mut std::process::Child, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Poll `cond` every few milliseconds until it holds; false after `timeout`.
+pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

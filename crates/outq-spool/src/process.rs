@@ -34,24 +34,38 @@ impl ClosedStdFds {
 /// Make sure descriptors 0, 1 and 2 are open, opening `/dev/null` on any
 /// that is closed, so that no file the program opens later can land on a
 /// standard descriptor and receive output meant for the terminal. Returns
-/// which ones were closed.
+/// which ones were closed when the program started.
+///
+/// By the time `main` runs, a closed standard descriptor has usually been
+/// reopened already: in secure-execution mode glibc reopens 0 on
+/// `/dev/full` write-only and 1 and 2 on `/dev/null` read-only, and
+/// otherwise the Rust runtime reopens them on `/dev/null` read-write. So a
+/// descriptor also counts as closed when it cannot be used in its direction
+/// (which is as good as closed whoever did it), or when it was closed before
+/// the runtime ran (recorded by `sys`).
 pub fn ensure_std_fds() -> io::Result<ClosedStdFds> {
     let mut closed = ClosedStdFds::default();
     for fd in 0..3 {
-        if sys::fd_is_open(fd) {
-            continue;
-        }
-        match fd {
-            0 => closed.stdin = true,
-            1 => closed.stdout = true,
-            _ => closed.stderr = true,
-        }
-        // open(2) returns the lowest free descriptor; the lower ones are
-        // open by now, so this lands on `fd`.
-        let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_NOCTTY, Mode::empty())?;
-        let raw = null.into_raw_fd();
-        if raw != fd {
-            return Err(io::Error::other("could not reopen a closed standard descriptor"));
+        let unusable = if fd == 0 { libc::O_WRONLY } else { libc::O_RDONLY };
+        let was_closed = match sys::fd_access_mode(fd) {
+            Some(mode) => mode == unusable || sys::std_fd_closed_at_start(fd),
+            None => {
+                // open(2) returns the lowest free descriptor; the lower ones
+                // are open by now, so this lands on `fd`.
+                let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_NOCTTY, Mode::empty())?;
+                let raw = null.into_raw_fd();
+                if raw != fd {
+                    return Err(io::Error::other("could not reopen a closed standard descriptor"));
+                }
+                true
+            }
+        };
+        if was_closed {
+            match fd {
+                0 => closed.stdin = true,
+                1 => closed.stdout = true,
+                _ => closed.stderr = true,
+            }
         }
     }
     Ok(closed)

@@ -6,7 +6,7 @@ callers, and states why it is sound. Safe wrappers with policy live in
 */
 
 use std::io;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
 /// Whether the kernel started this process in secure-execution mode
 /// (set-user-ID or set-group-ID, or gained capabilities).
@@ -172,4 +172,51 @@ pub(crate) fn fd_is_open(fd: libc::c_int) -> bool {
     // SAFETY: F_GETFD on any integer is harmless: it only reports EBADF for a
     // closed descriptor and does not change the descriptor table.
     unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+/// The access mode (`O_RDONLY`, `O_WRONLY` or `O_RDWR`) of descriptor `fd`,
+/// or `None` when it is closed.
+pub(crate) fn fd_access_mode(fd: libc::c_int) -> Option<libc::c_int> {
+    // SAFETY: F_GETFL on any integer is harmless: it only reads the open
+    // file's status flags, or reports EBADF for a closed descriptor.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    (flags != -1).then_some(flags & libc::O_ACCMODE)
+}
+
+/// Which of descriptors 0, 1 and 2 were closed when the program started
+/// (bit `fd` set), as seen before the Rust runtime ran.
+///
+/// The standard library's start-up code, before `main`, reopens a closed
+/// standard descriptor on `/dev/null`; from `main` on, a descriptor the
+/// caller closed looks exactly like one it redirected to `/dev/null`. The C
+/// library runs `.init_array` entries before that start-up code, so the
+/// entry below sees the descriptors as the caller left them. (In
+/// secure-execution mode glibc reopens them even earlier, in its own
+/// way; `process::ensure_std_fds` recognises that.)
+static STD_FDS_CLOSED_AT_START: AtomicU8 = AtomicU8::new(0);
+
+extern "C" fn record_std_fds(_argc: libc::c_int, _argv: *const *const libc::c_char, _envp: *const *const libc::c_char) {
+    let mut closed = 0u8;
+    for fd in 0..3 {
+        if !fd_is_open(fd) {
+            closed |= 1 << fd;
+        }
+    }
+    STD_FDS_CLOSED_AT_START.store(closed, Ordering::SeqCst);
+}
+
+/// Registers [`record_std_fds`] as a constructor. `#[used]` keeps it in
+/// every program that links this crate (it only makes three `fcntl` calls).
+#[used]
+// SAFETY: `.init_array` holds pointers to functions the loader calls with
+// (argc, argv, envp) before `main`; the pointer stored has exactly that C
+// signature, and the function touches only an atomic and `fcntl`.
+#[unsafe(link_section = ".init_array")]
+static RECORD_STD_FDS: extern "C" fn(libc::c_int, *const *const libc::c_char, *const *const libc::c_char) =
+    record_std_fds;
+
+/// Whether descriptor `fd` (0, 1 or 2) was closed when the program started,
+/// even if the runtime has reopened it since.
+pub(crate) fn std_fd_closed_at_start(fd: libc::c_int) -> bool {
+    (0..3).contains(&fd) && STD_FDS_CLOSED_AT_START.load(Ordering::SeqCst) & (1 << fd) != 0
 }
