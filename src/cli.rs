@@ -21,6 +21,31 @@ pub enum Command {
     Init(InitArgs),
     /// Audit an installation: spool, helper, configuration, group.
     Check(CheckArgs),
+    /// Deliver queued mail (as the queue owner).
+    Run(RunArgs),
+}
+
+/// Where the runner logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogSink {
+    Syslog,
+    Stderr,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The spool directory (default: spool_directory from the configuration).
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// The configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// One pass (recover, pick up new/, deliver what is due), then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Where to log.
+    #[arg(long, value_enum, default_value = "syslog")]
+    pub log: LogSink,
 }
 
 /// Options shared by commands that find the spool.

@@ -13,7 +13,14 @@ create the spool), and shares the spool format with the helper through the
 
 pub mod admin;
 pub mod cli;
+pub mod config;
+pub mod date;
+pub mod deliver;
+pub mod duration;
 pub mod error;
+pub mod logging;
+pub mod queue;
+pub mod runner;
 
 use std::process::ExitCode;
 
@@ -23,6 +30,12 @@ pub fn main() -> ExitCode {
     let result = match cmd.command {
         cli::Command::Init(a) => admin::init::run(&a),
         cli::Command::Check(a) => admin::check::run(&a),
+        cli::Command::Run(a) => runner::run(&runner::RunOptions {
+            spool: a.spool,
+            config: a.config,
+            once: a.once,
+            log_stderr: a.log == cli::LogSink::Stderr,
+        }),
     };
     match result {
         Ok(code) => code,

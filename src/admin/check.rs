@@ -81,11 +81,18 @@ fn check_config(t: &Target, out: &mut Vec<Finding>) {
         }
         None => {}
     }
-    for (key, line) in &t.cfg.unknown {
-        out.push(finding(
-            format!("configuration {shown} line {line}: unknown key {key}"),
-            "correct or remove it (see outq.conf(5))",
-        ));
+    for (key, setting) in &t.cfg.other {
+        if !crate::config::is_runner_key(key) {
+            out.push(finding(
+                format!("configuration {shown} line {}: unknown key {key}", setting.line),
+                "correct or remove it (see outq.conf(5))",
+            ));
+        }
+    }
+    if t.config_error.is_none() {
+        if let Err(e) = crate::config::RunnerConfig::from_config(&t.cfg) {
+            out.push(finding(format!("configuration {shown}: {e}"), "correct that line (see outq.conf(5))"));
+        }
     }
 }
 
@@ -147,8 +154,13 @@ fn check_spool(t: &Target, out: &mut Vec<Finding>) {
     let init = format!("outq init --spool {root_shown} --user {} --group {}", t.user.name, t.group.name);
     let policy = AncestorPolicy { owners: vec![Uid::from_raw(0)], allow_sticky: true };
     let parent = t.spool.parent().unwrap_or(Path::new("/"));
-    let parent_fd = match fs::open_dir_path(parent, &policy) {
-        Ok((fd, _)) => fd,
+    let parent_fd = match fs::open_dir_path(parent, &policy).and_then(|(fd, st)| {
+        // open_dir_path checks the directories above `parent`; the helper
+        // also requires `parent` itself to be safe.
+        policy.check(&parent.display().to_string(), &st)?;
+        Ok(fd)
+    }) {
+        Ok(fd) => fd,
         Err(e) => {
             out.push(finding(
                 format!("a directory above the spool is unsafe or missing: {e}"),

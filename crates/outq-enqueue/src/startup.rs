@@ -12,9 +12,9 @@ a privileged test that runs the installed helper as a real user:
    ignored (an EFBIG write is then reported, not fatal);
 5. core dumps off and the process made non-dumpable;
 6. every capability dropped (root's would bypass the spool's permissions);
-7. signals: all unblocked, SIGPIPE ignored, termination signals recorded
-   so an interrupted write removes its temporary file;
-8. an alarm bounds the helper's lifetime.
+7. signals: SIGPIPE ignored, termination signals blocked and read from a
+   signalfd, so an interrupted write removes its temporary file;
+8. an alarm bounds how long the helper waits for the message.
 
 The caller's identity comes from the kernel (real uid/gid), never from the
 environment or the command line.
@@ -32,7 +32,7 @@ use crate::failure::Failure;
 pub const MAX_LIFETIME_SECS: u32 = 3600;
 
 /// Facts about the process established at start-up.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Env {
     /// Started set-group-ID (`AT_SECURE`).
     pub secure: bool,
@@ -42,21 +42,20 @@ pub struct Env {
     pub rgid: Gid,
     pub euid: Uid,
     pub egid: Gid,
+    /// Termination signals, blocked and read from a signalfd.
+    pub signals: process::Terminations,
 }
 
 pub fn harden() -> Result<Env, Failure> {
+    // First, so that even the earliest refusal is logged under our own
+    // name rather than the caller-chosen argv[0] (openlog opens nothing yet).
+    outq_spool::log::open(c"outq-enqueue");
     let closed = process::ensure_std_fds().map_err(|e| {
         Failure::temp(format!("cannot open /dev/null for a closed standard descriptor: {e}"), "check /dev/null")
     })?;
     // Read before anything can change them.
-    let env = Env {
-        secure: process::is_secure(),
-        no_new_privs: process::no_new_privs(),
-        ruid: getuid(),
-        rgid: getgid(),
-        euid: geteuid(),
-        egid: getegid(),
-    };
+    let (secure, no_new_privs) = (process::is_secure(), process::no_new_privs());
+    let (ruid, rgid, euid, egid) = (getuid(), getgid(), geteuid(), getegid());
     process::clear_environment();
     process::set_umask(0o077);
     process::prepare_file_size_limit()
@@ -69,10 +68,9 @@ pub fn harden() -> Result<Env, Failure> {
     // on; any other caller should hold none, and dropping is always allowed.
     process::clear_capabilities()
         .map_err(|e| Failure::temp(format!("cannot drop capabilities: {e}"), "report this as a bug"))?;
-    process::catch_termination_signals()
+    let signals = process::take_termination_signals()
         .map_err(|e| Failure::temp(format!("cannot set up signal handling: {e}"), "report this as a bug"))?;
     nix::unistd::alarm::set(MAX_LIFETIME_SECS);
-    outq_spool::log::open(c"outq-enqueue");
     if closed.stdin {
         return Err(Failure::new(Code::NoInput, "standard input is closed", "give the message on standard input"));
     }
@@ -80,5 +78,5 @@ pub fn harden() -> Result<Env, Failure> {
         let which = if closed.stdout { "output" } else { "error" };
         return Err(Failure::usage(format!("standard {which} is closed (the queue ID and errors are written there)")));
     }
-    Ok(env)
+    Ok(Env { secure, no_new_privs, ruid, rgid, euid, egid, signals })
 }

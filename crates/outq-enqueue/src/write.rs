@@ -86,14 +86,12 @@ fn errno_of(e: &std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32))
 }
 
-fn interrupted() -> Option<Failure> {
-    process::pending_signal().map(|sig| {
-        if sig == nix::sys::signal::Signal::SIGALRM as i32 {
-            Failure::temp("timed out waiting for the message", "send the whole message and close standard input")
-        } else {
-            Failure::temp(format!("interrupted by signal {sig}"), "submit the message again")
-        }
-    })
+fn interrupted(sig: i32) -> Failure {
+    if sig == nix::sys::signal::Signal::SIGALRM as i32 {
+        Failure::temp("timed out waiting for the message", "send the whole message and close standard input")
+    } else {
+        Failure::temp(format!("interrupted by signal {sig}"), "submit the message again")
+    }
 }
 
 /// Create `tmp/ID` for a fresh ID, retrying on the (unlikely) collision.
@@ -128,15 +126,19 @@ fn verify_created(entry: &TempEntry<'_>, env: &Env) -> Result<(), Failure> {
 }
 
 /// Copy standard input after the header; returns the message size.
-fn stream_message(entry: &mut TempEntry<'_>, header_len: u64, limit: u64) -> Result<u64, Failure> {
+fn stream_message(entry: &mut TempEntry<'_>, env: &Env, header_len: u64, limit: u64) -> Result<u64, Failure> {
     // read(2) on descriptor 0 directly: std's Stdin would report EBADF (a
     // write-only descriptor) as end of input.
     let stdin = std::io::stdin();
     let mut buf = vec![0u8; CHUNK];
     let mut size = 0u64;
     loop {
-        if let Some(f) = interrupted() {
-            return Err(f);
+        // Wait for input or a termination signal, whichever comes first;
+        // then read(2) does not block.
+        match env.signals.wait_readable(stdin.as_fd()) {
+            Ok(process::Wait::Ready) => {}
+            Ok(process::Wait::Signal(sig)) => return Err(interrupted(sig)),
+            Err(e) => return Err(Failure::temp(format!("cannot wait for input: {e}"), "report this as a bug")),
         }
         let n = match nix::unistd::read(stdin.as_fd(), &mut buf) {
             Ok(0) => break,
@@ -200,7 +202,7 @@ pub fn submit(
     let encoded = header.encode();
     let header_len = encoded.bytes.len() as u64;
     entry.file.write_all_at(&encoded.bytes, 0).map_err(|e| io_failure("writing the envelope", errno_of(&e)))?;
-    let size = stream_message(&mut entry, header_len, cfg.message_size_limit)?;
+    let size = stream_message(&mut entry, env, header_len, cfg.message_size_limit)?;
     entry
         .file
         .write_all_at(entry::TRAILER, header_len + size)
@@ -212,8 +214,8 @@ pub fn submit(
     fchmod(entry.file.as_fd(), Mode::from_bits_truncate(layout::ENTRY_MODE))
         .map_err(|e| io_failure("setting the queue file's mode", e))?;
     fsync(entry.file.as_fd()).map_err(|e| io_failure("flushing the queue file", e))?;
-    if let Some(f) = interrupted() {
-        return Err(f);
+    if let Some(sig) = env.signals.pending() {
+        return Err(interrupted(sig));
     }
     commit(&mut entry, dirs)?;
     Ok((entry.id.clone(), size))

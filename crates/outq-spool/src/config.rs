@@ -11,9 +11,9 @@ trusts it only if it and every directory above it are owned by an accepted
 owner (root in production) and not writable by group or others. A missing
 file means the defaults.
 
-This module knows every key; each program reads the ones it uses. Keys the
-helper does not use (the runner's) are still parsed and validated here so
-`outq check` can report a typo.
+This module interprets the keys the helper needs ([`KEYS`]); every other
+key is kept raw in [`Config::other`] for the runner, which validates its
+own, and `outq check` reports a key that neither knows.
 */
 #![forbid(unsafe_code)]
 
@@ -67,6 +67,13 @@ pub const KEYS: &[(&str, &str)] = &[
     ("setgid_group", "the helper's dedicated group"),
 ];
 
+/// A raw `key = value` setting this crate does not interpret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub line: usize,
+    pub value: String,
+}
+
 /// Who may submit mail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubmitUsers {
@@ -90,8 +97,9 @@ pub struct Config {
     pub spool_min_free: u64,
     pub queue_user: String,
     pub setgid_group: String,
-    /// Keys present in the file that outq does not know, with line numbers.
-    pub unknown: BTreeMap<String, usize>,
+    /// Keys this crate does not interpret (the runner's, or typos), with
+    /// their line and raw value; the runner validates its own.
+    pub other: BTreeMap<String, Setting>,
 }
 
 impl Default for Config {
@@ -105,7 +113,7 @@ impl Default for Config {
             spool_min_free: DEFAULT_SPOOL_MIN_FREE,
             queue_user: DEFAULT_QUEUE_USER.into(),
             setgid_group: DEFAULT_SETGID_GROUP.into(),
-            unknown: BTreeMap::new(),
+            other: BTreeMap::new(),
         }
     }
 }
@@ -253,7 +261,7 @@ fn apply(cfg: &mut Config, line: usize, key: &str, value: &str) -> Result<(), Sy
             }
         }
         _ => {
-            cfg.unknown.insert(key.to_owned(), line);
+            cfg.other.insert(key.to_owned(), Setting { line, value: value.to_owned() });
         }
     }
     Ok(())
@@ -386,7 +394,7 @@ max_recipients = 5\nsubmit_users = www-data, alice @mailers\nspool_min_free = 0\
         assert_eq!(c.spool_min_free, 0);
         assert_eq!(c.queue_user, "q");
         assert_eq!(c.setgid_group, "qd");
-        assert!(c.unknown.is_empty());
+        assert!(c.other.is_empty());
     }
 
     #[test]
@@ -400,14 +408,14 @@ max_recipients = 5\nsubmit_users = www-data, alice @mailers\nspool_min_free = 0\
                 _ => "1",
             };
             let c = parse(format!("{key} = {value}\n").as_bytes()).unwrap();
-            assert!(c.unknown.is_empty(), "{key} is in KEYS but not parsed");
+            assert!(c.other.is_empty(), "{key} is in KEYS but not parsed");
         }
     }
 
     #[test]
-    fn unknown_keys_are_kept_with_their_line() {
+    fn other_keys_are_kept_with_their_line_and_value() {
         let c = parse(b"\nrelai = smtp://x\n").unwrap();
-        assert_eq!(c.unknown.get("relai"), Some(&2));
+        assert_eq!(c.other.get("relai"), Some(&Setting { line: 2, value: "smtp://x".into() }));
     }
 
     #[test]

@@ -198,8 +198,9 @@ fn field<'a>(line: &'a [u8], key: &'static str) -> Result<&'a str, FormatError> 
 }
 
 fn decimal(s: &str, field: &'static str) -> Result<u64, FormatError> {
-    // No sign, no leading '+', no empty string; leading zeros only in `size`.
-    if s.is_empty() || s.len() > SIZE_WIDTH || !s.bytes().all(|b| b.is_ascii_digit()) {
+    // No sign, no empty string; leading zeros only in the fixed-width `size`.
+    let leading_zero = s.len() > 1 && s.starts_with('0') && field != "size";
+    if s.is_empty() || s.len() > SIZE_WIDTH || leading_zero || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(FormatError::BadValue { field });
     }
     s.parse().map_err(|_| FormatError::BadValue { field })
@@ -403,6 +404,7 @@ sender <>\nrcpt <alice@example.org>\nsize 00000000000000000001\n\nx\nEND\n"
             (good.replace("id 0692A1B2C3D4E5F60718293A4B", "id ../../etc/passwd"), "id"),
             (good.replace("arrival 1764345835\n", ""), "missing arrival"),
             (good.replace("uid 33", "uid -1"), "negative uid"),
+            (good.replace("uid 33", "uid 033"), "leading zero in uid"),
             (good.replace("uid 33", "uid 99999999999"), "uid overflow"),
             (good.replace("login www-data", "login www data"), "space in login"),
             (good.replace("login www-data", "login "), "empty login"),

@@ -104,7 +104,7 @@ impl AncestorPolicy {
         AncestorPolicy { owners: vec![Uid::from_raw(0)], allow_sticky: false }
     }
 
-    fn check(&self, path: &str, st: &FileStat) -> Result<(), FsError> {
+    pub fn check(&self, path: &str, st: &FileStat) -> Result<(), FsError> {
         let uid = Uid::from_raw(st.st_uid);
         if !self.owners.contains(&uid) {
             let expected = self.owners.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(" or uid ");

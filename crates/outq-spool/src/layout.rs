@@ -14,6 +14,7 @@ it before writing, and `outq-spool(5)` documents it.
 ├── hold/                outq:outq      0700  entries held by the operator
 ├── failed/              outq:outq      0700  entries that could not be delivered
 ├── corrupt/             outq:outq      0700  files that failed validation
+├── state/               outq:outq      0700  the runner's per-entry delivery state
 └── lock                 outq:outq      0600  the runner's flock(2) lock
 ```
 
@@ -63,6 +64,7 @@ pub const DEFERRED: &str = "deferred";
 pub const HOLD: &str = "hold";
 pub const FAILED: &str = "failed";
 pub const CORRUPT: &str = "corrupt";
+pub const STATE: &str = "state";
 pub const LOCK: &str = "lock";
 
 /// Mode of `tmp/` and `new/`: set-group-ID, sticky, rwx for the owner,
@@ -84,7 +86,7 @@ pub const ENTRY_MODE: u32 = 0o404;
 pub const TMP_ENTRY_MODE: u32 = 0o600;
 
 /// The spool, in creation order (parents before children).
-pub const PARTS: [Part; 9] = [
+pub const PARTS: [Part; 10] = [
     Part { name: "", kind: Kind::Dir, group: GroupRole::Owner, mode: ROOT_DIR_MODE, purpose: "spool root" },
     Part {
         name: TMP,
@@ -134,6 +136,13 @@ pub const PARTS: [Part; 9] = [
         group: GroupRole::Owner,
         mode: PRIVATE_DIR_MODE,
         purpose: "files that failed validation",
+    },
+    Part {
+        name: STATE,
+        kind: Kind::Dir,
+        group: GroupRole::Owner,
+        mode: PRIVATE_DIR_MODE,
+        purpose: "the runner's per-entry delivery state",
     },
     Part { name: LOCK, kind: Kind::File, group: GroupRole::Owner, mode: 0o600, purpose: "the runner's lock file" },
 ];

@@ -8,11 +8,15 @@ here neutralises one of those; the helper calls them in a fixed order that
 */
 #![forbid(unsafe_code)]
 
+use std::cell::Cell;
 use std::io;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsFd, BorrowedFd, IntoRawFd};
 
 use nix::fcntl::{OFlag, open};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::{Mode, umask};
 
 use crate::sys;
@@ -135,21 +139,74 @@ pub fn effective_capabilities() -> io::Result<u64> {
     sys::effective_capabilities()
 }
 
-/// Unblock all signals, ignore SIGPIPE (a write to a closed pipe must be an
-/// error we report), and catch SIGHUP, SIGINT, SIGTERM, SIGQUIT and SIGALRM
-/// with a handler that only records them; see [`pending_signal`].
-pub fn catch_termination_signals() -> io::Result<()> {
-    sys::unblock_all_signals()?;
-    sys::ignore_signals(&[libc::SIGPIPE])?;
-    sys::catch_signals(&[libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGALRM])
+/// The signals that end the helper early: each is blocked and read from a
+/// signalfd instead of being handled, so no code runs in signal context and
+/// a signal can never slip in between a check and a blocking read.
+const TERMINATING: [Signal; 5] = [Signal::SIGHUP, Signal::SIGINT, Signal::SIGTERM, Signal::SIGQUIT, Signal::SIGALRM];
+
+/// Termination signals, received through a signalfd.
+#[derive(Debug)]
+pub struct Terminations {
+    fd: SignalFd,
+    received: Cell<Option<i32>>,
 }
 
-/// The first terminating signal received since [`catch_termination_signals`],
-/// if any.
-pub fn pending_signal() -> Option<i32> {
-    match sys::pending_signal() {
-        0 => None,
-        n => Some(n),
+/// What [`Terminations::wait_readable`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The descriptor is readable (or at end of file, or in error: the
+    /// following read says which).
+    Ready,
+    /// A termination signal arrived.
+    Signal(i32),
+}
+
+/// Ignore SIGPIPE (a write to a closed pipe must be an error we report),
+/// unblock every other signal the caller may have blocked, and block the
+/// termination signals, which are then read from the returned signalfd.
+pub fn take_termination_signals() -> io::Result<Terminations> {
+    sys::ignore_signals(&[libc::SIGPIPE])?;
+    let mut set = SigSet::empty();
+    for sig in TERMINATING {
+        set.add(sig);
+    }
+    // SIG_SETMASK replaces the inherited mask: exactly these are blocked.
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&set), None)?;
+    let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    Ok(Terminations { fd, received: Cell::new(None) })
+}
+
+impl Terminations {
+    /// The first termination signal received so far, if any (does not block).
+    pub fn pending(&self) -> Option<i32> {
+        if self.received.get().is_none() {
+            if let Ok(Some(info)) = self.fd.read_signal() {
+                self.received.set(i32::try_from(info.ssi_signo).ok());
+            }
+        }
+        self.received.get()
+    }
+
+    /// Wait until `input` is readable or a termination signal arrives.
+    pub fn wait_readable(&self, input: BorrowedFd<'_>) -> io::Result<Wait> {
+        loop {
+            if let Some(sig) = self.pending() {
+                return Ok(Wait::Signal(sig));
+            }
+            let mut fds = [PollFd::new(input, PollFlags::POLLIN), PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let [input_ready, signal_ready] = fds.map(|f| f.any().unwrap_or(false));
+            if signal_ready {
+                continue; // picked up by pending() above
+            }
+            if input_ready {
+                return Ok(Wait::Ready);
+            }
+        }
     }
 }
 

@@ -4,8 +4,9 @@ Queue IDs: the names of entries in the spool.
 An ID is 26 upper-case hexadecimal digits: 9 for the arrival time in seconds
 since the epoch, 5 for the microseconds, 12 for 48 random bits from the
 kernel. IDs sort by arrival time, carry no user-supplied byte, are the same
-on every filesystem (unlike inode numbers), and a collision is caught by
-`O_EXCL` / `RENAME_NOREPLACE` and retried with new random bits.
+on every filesystem (unlike inode numbers). A collision in `tmp/` is caught by
+`O_EXCL` and retried with new random bits; one in `new/` is caught by
+`RENAME_NOREPLACE` and refused (exit 75, the caller retries).
 */
 #![forbid(unsafe_code)]
 

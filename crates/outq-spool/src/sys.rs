@@ -6,7 +6,7 @@ callers, and states why it is sound. Safe wrappers with policy live in
 */
 
 use std::io;
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Whether the kernel started this process in secure-execution mode
 /// (set-user-ID or set-group-ID, or gained capabilities).
@@ -100,37 +100,6 @@ pub(crate) fn effective_capabilities() -> io::Result<u64> {
     Ok(u64::from(lo.effective) | (u64::from(hi.effective) << 32))
 }
 
-/// The number of the first terminating signal received, or 0.
-static PENDING_SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn record_signal(sig: libc::c_int) {
-    // Only an atomic store: async-signal-safe, no allocation, no path.
-    let _ = PENDING_SIGNAL.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
-}
-
-/// Catch `signals` with a handler that only records the signal number, and
-/// without SA_RESTART so that a blocking read returns EINTR and the caller
-/// can clean up.
-pub(crate) fn catch_signals(signals: &[libc::c_int]) -> io::Result<()> {
-    for &sig in signals {
-        // SAFETY: the sigaction structure is zero-initialised (a valid
-        // value for every field), then given a handler that is an
-        // `extern "C" fn(c_int)` touching only an atomic, which is
-        // async-signal-safe. sa_mask is emptied with sigemptyset.
-        let rc = unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = record_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            libc::sigemptyset(&mut sa.sa_mask);
-            sa.sa_flags = 0;
-            libc::sigaction(sig, &sa, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// Set `signals` to be ignored (SIG_IGN).
 pub(crate) fn ignore_signals(signals: &[libc::c_int]) -> io::Result<()> {
     for &sig in signals {
@@ -146,25 +115,6 @@ pub(crate) fn ignore_signals(signals: &[libc::c_int]) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Unblock every signal (a caller may exec us with signals blocked).
-pub(crate) fn unblock_all_signals() -> io::Result<()> {
-    // SAFETY: the set is initialised by sigemptyset before use, and
-    // sigprocmask only reads it.
-    let rc = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-pub(crate) fn pending_signal() -> i32 {
-    PENDING_SIGNAL.load(Ordering::SeqCst)
 }
 
 /// Whether file descriptor `fd` is open.

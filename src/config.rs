@@ -1,0 +1,284 @@
+/*!
+The runner's configuration keys, read from the same `outq.conf` the helper
+uses. `outq_spool::config` parses the file and interprets the helper's keys;
+this module validates the rest ([`RUNNER_KEYS`]), so a typo is an error with
+its line number and `outq check` can name keys that neither side knows.
+*/
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use outq_spool::config::Config;
+
+use crate::duration;
+
+/// Every runner key with a one-line description (`outq.conf(5)` documents
+/// each; a test checks it).
+pub const RUNNER_KEYS: &[(&str, &str)] = &[
+    ("relay", "where to deliver: smtp://, smtps://, maildir: or pipe:"),
+    ("queue_run_interval", "how often the whole queue is scanned"),
+    ("shutdown_timeout", "how long deliveries may finish after SIGTERM"),
+    ("minimal_backoff_time", "shortest wait before a retry"),
+    ("maximal_backoff_time", "longest wait before a retry"),
+    ("maximal_queue_lifetime", "age after which undelivered recipients fail"),
+    ("tmp_max_age", "age after which an uncommitted file in tmp/ is removed"),
+    ("failed_max_age", "age after which a failed entry is removed"),
+    ("max_rcpt_per_transaction", "most recipients in one SMTP transaction"),
+    ("connections", "parallel deliveries"),
+    ("connect_timeout", "limit for establishing a connection"),
+    ("command_timeout", "limit for each SMTP command's reply"),
+    ("data_timeout", "limit for sending the message and its final reply"),
+    ("starttls", "opportunistic, required or off"),
+    ("tls_ca_file", "CA certificates for the relay instead of the system's"),
+    ("relay_auth_file", "credentials for SMTP AUTH"),
+];
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Relay {
+    /// `smtp://host[:port]` or, with `implicit_tls`, `smtps://host[:port]`.
+    Smtp { host: String, port: u16, implicit_tls: bool },
+    /// `maildir:/path`
+    Maildir(PathBuf),
+    /// `pipe:/absolute/program args...`
+    Pipe(Vec<String>),
+}
+
+/// STARTTLS policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartTls {
+    Opportunistic,
+    Required,
+    Off,
+}
+
+/// The runner's settings with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerConfig {
+    /// Tried in order; more than one only for SMTP relays.
+    pub relays: Vec<Relay>,
+    pub queue_run_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub minimal_backoff_time: Duration,
+    pub maximal_backoff_time: Duration,
+    pub maximal_queue_lifetime: Duration,
+    pub tmp_max_age: Duration,
+    pub failed_max_age: Duration,
+    pub max_rcpt_per_transaction: usize,
+    pub connections: usize,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub starttls: StartTls,
+    pub tls_ca_file: Option<PathBuf>,
+    pub relay_auth_file: Option<PathBuf>,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> RunnerConfig {
+        let min = |m: u64| Duration::from_secs(m * 60);
+        RunnerConfig {
+            relays: vec![Relay::Smtp { host: "127.0.0.1".into(), port: 25, implicit_tls: false }],
+            queue_run_interval: min(5),
+            shutdown_timeout: Duration::from_secs(30),
+            minimal_backoff_time: min(5),
+            maximal_backoff_time: Duration::from_secs(4000),
+            maximal_queue_lifetime: Duration::from_secs(5 * 86_400),
+            tmp_max_age: Duration::from_secs(86_400),
+            failed_max_age: Duration::from_secs(30 * 86_400),
+            max_rcpt_per_transaction: 50,
+            connections: 4,
+            // RFC 5321 4.5.3.2: 5 minutes for the greeting and each command,
+            // 10 minutes for the reply to the end of data.
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: min(5),
+            data_timeout: min(10),
+            starttls: StartTls::Opportunistic,
+            tls_ca_file: None,
+            relay_auth_file: None,
+        }
+    }
+}
+
+/// A runner key's problem, with its line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// Whether `key` is a runner key.
+pub fn is_runner_key(key: &str) -> bool {
+    RUNNER_KEYS.iter().any(|(k, _)| *k == key)
+}
+
+fn parse_host_port(rest: &str, default_port: u16) -> Option<(String, u16)> {
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6.split_once(']')?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().ok()?,
+                None if after.is_empty() => default_port,
+                None => return None,
+            };
+            (h.to_owned(), port)
+        }
+        None => match rest.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().ok()?),
+            None => (rest.to_owned(), default_port),
+        },
+    };
+    let ok = !host.is_empty()
+        && (outq_spool::address::is_domain(host.as_bytes()) || host.parse::<std::net::IpAddr>().is_ok())
+        && port != 0;
+    ok.then_some((host, port))
+}
+
+/// Parse a `relay` value.
+pub fn parse_relays(value: &str) -> Result<Vec<Relay>, String> {
+    if let Some(path) = value.strip_prefix("maildir:") {
+        let p = PathBuf::from(path.trim());
+        if !p.is_absolute() {
+            return Err("maildir: needs an absolute path".into());
+        }
+        return Ok(vec![Relay::Maildir(p)]);
+    }
+    if let Some(cmd) = value.strip_prefix("pipe:") {
+        let argv: Vec<String> = cmd.split_ascii_whitespace().map(str::to_owned).collect();
+        match argv.first() {
+            Some(prog) if prog.starts_with('/') => return Ok(vec![Relay::Pipe(argv)]),
+            _ => return Err("pipe: needs an absolute program path".into()),
+        }
+    }
+    let mut relays = Vec::new();
+    for url in value.split(|c: char| c == ',' || c.is_ascii_whitespace()).filter(|s| !s.is_empty()) {
+        let (rest, implicit_tls, default_port) = if let Some(r) = url.strip_prefix("smtp://") {
+            (r, false, 25)
+        } else if let Some(r) = url.strip_prefix("smtps://") {
+            (r, true, 465)
+        } else {
+            return Err(format!(
+                "{url:?} is not smtp://host[:port], smtps://host[:port], maildir:/path or pipe:/program"
+            ));
+        };
+        let (host, port) = parse_host_port(rest.trim_end_matches('/'), default_port)
+            .ok_or_else(|| format!("{url:?} does not name a host and port"))?;
+        relays.push(Relay::Smtp { host, port, implicit_tls });
+    }
+    if relays.is_empty() {
+        return Err("relay is empty".into());
+    }
+    Ok(relays)
+}
+
+fn positive(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{value:?} is not a positive number")),
+    }
+}
+
+impl RunnerConfig {
+    /// Validate the runner's keys from a parsed file.
+    pub fn from_config(cfg: &Config) -> Result<RunnerConfig, KeyError> {
+        let mut rc = RunnerConfig::default();
+        for (key, setting) in &cfg.other {
+            if !is_runner_key(key) {
+                continue;
+            }
+            let v = setting.value.as_str();
+            let err = |message: String| KeyError { line: setting.line, message: format!("{key}: {message}") };
+            let dur = || duration::parse(v).map_err(err);
+            match key.as_str() {
+                "relay" => rc.relays = parse_relays(v).map_err(err)?,
+                "queue_run_interval" => rc.queue_run_interval = dur()?,
+                "shutdown_timeout" => rc.shutdown_timeout = dur()?,
+                "minimal_backoff_time" => rc.minimal_backoff_time = dur()?,
+                "maximal_backoff_time" => rc.maximal_backoff_time = dur()?,
+                "maximal_queue_lifetime" => rc.maximal_queue_lifetime = dur()?,
+                "tmp_max_age" => rc.tmp_max_age = dur()?,
+                "failed_max_age" => rc.failed_max_age = dur()?,
+                "max_rcpt_per_transaction" => rc.max_rcpt_per_transaction = positive(v).map_err(err)?,
+                "connections" => rc.connections = positive(v).map_err(err)?,
+                "connect_timeout" => rc.connect_timeout = dur()?,
+                "command_timeout" => rc.command_timeout = dur()?,
+                "data_timeout" => rc.data_timeout = dur()?,
+                "starttls" => {
+                    rc.starttls = match v {
+                        "opportunistic" => StartTls::Opportunistic,
+                        "required" => StartTls::Required,
+                        "off" => StartTls::Off,
+                        _ => return Err(err("must be opportunistic, required or off".into())),
+                    }
+                }
+                "tls_ca_file" | "relay_auth_file" => {
+                    let p = PathBuf::from(v);
+                    if !p.is_absolute() {
+                        return Err(err("must be an absolute path".into()));
+                    }
+                    if key == "tls_ca_file" {
+                        rc.tls_ca_file = Some(p);
+                    } else {
+                        rc.relay_auth_file = Some(p);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if rc.minimal_backoff_time > rc.maximal_backoff_time {
+            let line = cfg.other.get("minimal_backoff_time").map(|s| s.line).unwrap_or(0);
+            return Err(KeyError { line, message: "minimal_backoff_time is longer than maximal_backoff_time".into() });
+        }
+        Ok(rc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rc(text: &str) -> Result<RunnerConfig, KeyError> {
+        RunnerConfig::from_config(&outq_spool::config::parse(text.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(rc("").unwrap(), RunnerConfig::default());
+    }
+
+    #[test]
+    fn relays() {
+        assert_eq!(
+            parse_relays("smtp://mx.example.org, smtps://[2001:db8::1]:4465 smtp://192.0.2.1:2525").unwrap(),
+            vec![
+                Relay::Smtp { host: "mx.example.org".into(), port: 25, implicit_tls: false },
+                Relay::Smtp { host: "2001:db8::1".into(), port: 4465, implicit_tls: true },
+                Relay::Smtp { host: "192.0.2.1".into(), port: 2525, implicit_tls: false },
+            ]
+        );
+        assert_eq!(parse_relays("maildir:/srv/mail").unwrap(), vec![Relay::Maildir("/srv/mail".into())]);
+        assert_eq!(
+            parse_relays("pipe:/usr/bin/deliver -x").unwrap(),
+            vec![Relay::Pipe(vec!["/usr/bin/deliver".into(), "-x".into()])]
+        );
+        for bad in ["", "http://x", "smtp://", "smtp://a b:0", "maildir:rel", "pipe:prog", "smtp://x:99999"] {
+            assert!(parse_relays(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn errors_carry_the_line() {
+        let e = rc("\n\nconnections = 0\n").unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(rc("starttls = maybe").is_err());
+        assert!(rc("queue_run_interval = 5").is_err());
+        assert!(rc("minimal_backoff_time = 2h\nmaximal_backoff_time = 1h").is_err());
+    }
+}

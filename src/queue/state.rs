@@ -1,0 +1,234 @@
+/*!
+The runner's per-entry delivery state: `state/ID`, owned by the queue user.
+
+Entries are immutable (written once by the helper, owned by the submitter),
+so what the runner learns about an entry lives beside it in `state/`. No
+state file means "never attempted": every recipient pending.
+
+```text
+outq-state 1
+attempts 2
+recoveries 0
+next_attempt 1764346135
+hold interrupted delivery 3 times            (only while held)
+last_error 451 4.3.0 try again later
+rcpt <alice@example.org> sent 250 2.0.0 Ok
+rcpt <bob@example.org> pending 451 4.3.0 try again later
+rcpt <eve@example.org> failed 550 5.1.1 no such user
+end
+```
+
+The file is replaced atomically (temporary name, `fsync`, `rename`), and
+its modification time is set to `next_attempt`, so a scan of `deferred/`
+learns which entries are due with one `stat` each and without opening any
+file. Texts that came from a server are escaped (no control bytes).
+*/
+#![forbid(unsafe_code)]
+
+use std::fmt::Write;
+
+use outq_spool::address::Mailbox;
+use outq_spool::log::escape;
+
+/// First line of a state file.
+pub const MAGIC: &str = "outq-state 1";
+
+/// Where one recipient stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RcptStatus {
+    Pending,
+    Sent,
+    Failed,
+}
+
+impl RcptStatus {
+    fn word(self) -> &'static str {
+        match self {
+            RcptStatus::Pending => "pending",
+            RcptStatus::Sent => "sent",
+            RcptStatus::Failed => "failed",
+        }
+    }
+}
+
+/// One recipient and its last reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rcpt {
+    pub address: Mailbox,
+    pub status: RcptStatus,
+    /// Last reply or reason, escaped, one line (may be empty).
+    pub reply: String,
+}
+
+/// The whole state of an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    pub attempts: u32,
+    /// Times the entry was found in `active/` after a runner died.
+    pub recoveries: u32,
+    /// Seconds since the epoch; also the state file's mtime.
+    pub next_attempt: u64,
+    pub hold: Option<String>,
+    pub last_error: String,
+    pub recipients: Vec<Rcpt>,
+}
+
+impl State {
+    /// The state of an entry never attempted.
+    pub fn fresh(recipients: &[Mailbox]) -> State {
+        State {
+            attempts: 0,
+            recoveries: 0,
+            next_attempt: 0,
+            hold: None,
+            last_error: String::new(),
+            recipients: recipients
+                .iter()
+                .map(|a| Rcpt { address: a.clone(), status: RcptStatus::Pending, reply: String::new() })
+                .collect(),
+        }
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = &Rcpt> {
+        self.recipients.iter().filter(|r| r.status == RcptStatus::Pending)
+    }
+
+    pub fn count(&self, status: RcptStatus) -> usize {
+        self.recipients.iter().filter(|r| r.status == status).count()
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(128 + self.recipients.len() * 80);
+        let _ = writeln!(out, "{MAGIC}");
+        let _ = writeln!(out, "attempts {}", self.attempts);
+        let _ = writeln!(out, "recoveries {}", self.recoveries);
+        let _ = writeln!(out, "next_attempt {}", self.next_attempt);
+        if let Some(h) = &self.hold {
+            let _ = writeln!(out, "hold {}", clean(h));
+        }
+        let _ = writeln!(out, "last_error {}", clean(&self.last_error));
+        for r in &self.recipients {
+            let _ = writeln!(out, "rcpt <{}> {} {}", r.address, r.status.word(), clean(&r.reply));
+        }
+        out.push_str("end\n");
+        out
+    }
+
+    /// Parse a state file. Strict: anything unexpected is an error.
+    pub fn parse(text: &str) -> Result<State, String> {
+        if !text.ends_with("\nend\n") {
+            return Err("missing end (truncated)".into());
+        }
+        let mut lines = text.split_terminator('\n');
+        if lines.next() != Some(MAGIC) {
+            return Err("not an outq state file".into());
+        }
+        let mut field = |name: &str| -> Result<String, String> {
+            let line = lines.next().ok_or_else(|| format!("missing {name}"))?;
+            line.strip_prefix(name)
+                .and_then(|r| r.strip_prefix(' '))
+                .map(str::to_owned)
+                .ok_or_else(|| format!("expected {name}"))
+        };
+        let num = |v: String, name: &str| v.parse::<u64>().map_err(|_| format!("bad {name}"));
+        let attempts = u32::try_from(num(field("attempts")?, "attempts")?).map_err(|_| "bad attempts")?;
+        let recoveries = u32::try_from(num(field("recoveries")?, "recoveries")?).map_err(|_| "bad recoveries")?;
+        let next_attempt = num(field("next_attempt")?, "next_attempt")?;
+        let mut rest: Vec<&str> = text.split_terminator('\n').skip(4).collect();
+        let mut hold = None;
+        if let Some(h) = rest.first().and_then(|l| l.strip_prefix("hold ")) {
+            hold = Some(h.to_owned());
+            rest.remove(0);
+        }
+        let mut it = rest.into_iter();
+        let last_error = it.next().and_then(|l| l.strip_prefix("last_error ")).ok_or("expected last_error")?.to_owned();
+        let mut recipients = Vec::new();
+        for line in it.by_ref() {
+            if line == "end" {
+                return if it.next().is_none() {
+                    Ok(State { attempts, recoveries, next_attempt, hold, last_error, recipients })
+                } else {
+                    Err("data after end".into())
+                };
+            }
+            recipients.push(parse_rcpt(line)?);
+        }
+        Err("missing end (truncated)".into())
+    }
+}
+
+fn parse_rcpt(line: &str) -> Result<Rcpt, String> {
+    let rest = line.strip_prefix("rcpt <").ok_or("expected rcpt")?;
+    // The address cannot contain "> " outside a quoted local part; the
+    // last "> " before the status word ends it.
+    let (status, cut) = ["> pending ", "> sent ", "> failed "]
+        .iter()
+        .filter_map(|w| rest.rfind(w).map(|i| (*w, i)))
+        .max_by_key(|(_, i)| *i)
+        .ok_or("rcpt without status")?;
+    let address = Mailbox::parse(rest.get(..cut).unwrap_or("").as_bytes()).map_err(|e| format!("rcpt: {e}"))?;
+    let reply = rest.get(cut + status.len()..).unwrap_or("").to_owned();
+    let status = match status {
+        "> pending " => RcptStatus::Pending,
+        "> sent " => RcptStatus::Sent,
+        _ => RcptStatus::Failed,
+    };
+    Ok(Rcpt { address, status, reply })
+}
+
+/// Escape an untrusted text (a server's reply) for the state file and logs.
+pub fn one_line(s: &str) -> String {
+    escape(s.as_bytes())
+}
+
+/// What the encoder writes: already-escaped text passes unchanged; any
+/// control or non-ASCII byte left is escaped, so a line stays one line.
+fn clean(s: &str) -> String {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) { s.to_owned() } else { escape(s.as_bytes()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Mailbox {
+        Mailbox::parse(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut s = State::fresh(&[addr("a@example.org"), addr("\"x> sent y\"@example.org"), addr("c@example.org")]);
+        s.attempts = 2;
+        s.next_attempt = 1_764_346_135;
+        s.last_error = one_line("451 4.3.0 later\r\ninjected");
+        s.recipients[0].status = RcptStatus::Sent;
+        s.recipients[0].reply = "250 ok".into();
+        s.recipients[2].status = RcptStatus::Failed;
+        s.recipients[2].reply = "550 5.1.1 no".into();
+        let text = s.encode();
+        assert!(!text.contains("\r\ninjected"));
+        let back = State::parse(&text).unwrap();
+        assert_eq!(back.recipients[1].address.as_str(), "\"x> sent y\"@example.org");
+        assert_eq!(back.recipients[1].status, RcptStatus::Pending);
+        assert_eq!(back.count(RcptStatus::Sent), 1);
+        assert_eq!(back.last_error, one_line("451 4.3.0 later\r\ninjected"));
+        assert_eq!(State::parse(&back.encode()).unwrap(), back);
+    }
+
+    #[test]
+    fn hold_round_trips() {
+        let mut s = State::fresh(&[addr("a@example.org")]);
+        s.hold = Some("interrupted delivery 3 times".into());
+        assert_eq!(State::parse(&s.encode()).unwrap().hold.as_deref(), Some("interrupted delivery 3 times"));
+    }
+
+    #[test]
+    fn truncation_and_garbage_are_rejected() {
+        let text = State::fresh(&[addr("a@example.org")]).encode();
+        for cut in 0..text.len() {
+            assert!(State::parse(&text[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(State::parse(&format!("{text}x\n")).is_err());
+        assert!(State::parse(&text.replace("pending", "maybe")).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+/*!
+One delivery attempt of one entry, from `active/` to its next place.
+
+1. Recipients still pending are sent in transactions of at most
+   `max_rcpt_per_transaction`; when there is more than one transaction, the
+   state is written durably after each, so a crash re-sends only the
+   transaction that was in flight.
+2. Then the entry leaves `active/`: removed when every recipient is done
+   and none failed; to `failed/` (with its state) when every recipient is
+   done and some failed; to `deferred/` with its next attempt otherwise. The
+   state is always written before the rename.
+*/
+#![forbid(unsafe_code)]
+
+use nix::unistd::{Uid, User};
+use outq_spool::address::Mailbox;
+use outq_spool::log::escape;
+
+use super::schedule;
+use crate::date;
+use crate::deliver::{Outgoing, Status, Transport};
+use crate::logging;
+use crate::queue::state::{RcptStatus, State, one_line};
+use crate::queue::store::{Queue, Store, now};
+use crate::queue::validate::Loaded;
+use crate::runner::Settings;
+
+/// Where an entry ended after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Delivered,
+    Deferred,
+    Failed,
+    /// The attempt could not even record its result; the entry stays in
+    /// `active/` and is recovered at the next start.
+    Stuck,
+}
+
+fn login_of(uid: u32) -> String {
+    match User::from_uid(Uid::from_raw(uid)) {
+        Ok(Some(u)) => escape(u.name.as_bytes()),
+        _ => "unknown".into(),
+    }
+}
+
+/// The trace header outq adds: who submitted it, from the file's owner.
+pub fn received_header(entry: &Loaded, host: &str) -> String {
+    format!(
+        "Received: from userid {uid} ({login}) by {host} (outq) id {id}; {date}",
+        uid = entry.owner,
+        login = login_of(entry.owner),
+        id = entry.id,
+        date = date::rfc5322(now()),
+    )
+}
+
+/// Make one attempt and move the entry on.
+pub fn attempt(
+    store: &Store,
+    s: &Settings,
+    transport: &mut dyn Transport,
+    entry: &Loaded,
+    mut state: State,
+) -> Disposition {
+    let id = entry.id.as_str();
+    let header = &entry.parsed.header;
+    let start = now();
+    state.attempts = state.attempts.saturating_add(1);
+    if schedule::expired(&s.runner, header.arrival, start) {
+        for r in state.recipients.iter_mut().filter(|r| r.status == RcptStatus::Pending) {
+            r.status = RcptStatus::Failed;
+            r.reply = "message expired: maximal_queue_lifetime reached".into();
+        }
+        logging::info(&format!("{id}: expired after {}s in the queue", start.saturating_sub(header.arrival)));
+        return finish(store, s, entry, state);
+    }
+    let received = received_header(entry, &s.host);
+    let pending: Vec<Mailbox> = state.pending().map(|r| r.address.clone()).collect();
+    let chunks: Vec<&[Mailbox]> = pending.chunks(s.runner.max_rcpt_per_transaction.max(1)).collect();
+    let many = chunks.len() > 1;
+    for chunk in chunks {
+        let msg = Outgoing {
+            id: &entry.id,
+            sender: &header.sender,
+            recipients: chunk,
+            received: &received,
+            entry: &entry.file,
+            body_offset: entry.parsed.body_offset,
+            size: header.size,
+        };
+        let outcomes = transport.deliver(&msg);
+        for (addr, out) in chunk.iter().zip(outcomes.iter()) {
+            let status = match out.status {
+                Status::Sent => RcptStatus::Sent,
+                Status::Deferred => RcptStatus::Pending,
+                Status::Failed => RcptStatus::Failed,
+            };
+            if let Some(r) = state.recipients.iter_mut().find(|r| &r.address == addr && r.status == RcptStatus::Pending)
+            {
+                r.status = status;
+                r.reply = one_line(&out.reply);
+            }
+            let word = match out.status {
+                Status::Sent => "sent",
+                Status::Deferred => "deferred",
+                Status::Failed => "failed",
+            };
+            if out.status == Status::Deferred {
+                state.last_error = one_line(&out.reply);
+            }
+            logging::info(&format!(
+                "{id}: to=<{addr}>, relay={}, delay={}, attempts={}, status={word} ({})",
+                escape(out.relay.as_bytes()),
+                now().saturating_sub(header.arrival),
+                state.attempts,
+                one_line(&out.reply),
+            ));
+        }
+        if outcomes.len() != chunk.len() {
+            logging::warning(&format!(
+                "{id}: transport returned {} results for {} recipients",
+                outcomes.len(),
+                chunk.len()
+            ));
+        }
+        if many && state.pending().count() > 0 && store.write_state(id, &state).is_err() {
+            logging::warning(&format!("{id}: cannot record delivery progress"));
+        }
+        if s.stopping() {
+            break;
+        }
+    }
+    finish(store, s, entry, state)
+}
+
+/// Move the entry out of `active/` according to its recipients.
+fn finish(store: &Store, s: &Settings, entry: &Loaded, mut state: State) -> Disposition {
+    let id = entry.id.as_str();
+    let pending = state.count(RcptStatus::Pending);
+    let failed = state.count(RcptStatus::Failed);
+    if pending == 0 && failed == 0 {
+        // Entry first: if we die between the two, an orphan state file is
+        // removed at the next start; the other order would re-send.
+        if let Err(e) = store.unlink(Queue::Active, id) {
+            logging::warning(&format!("{id}: cannot remove delivered entry: {}", e.desc()));
+            return Disposition::Stuck;
+        }
+        let _ = store.remove_state(id);
+        logging::info(&format!("{id}: removed (delivered)"));
+        return Disposition::Delivered;
+    }
+    let (to, disposition) = if pending == 0 {
+        state.next_attempt = now();
+        (Queue::Failed, Disposition::Failed)
+    } else {
+        let age = now().saturating_sub(entry.parsed.header.arrival);
+        state.next_attempt = now().saturating_add(schedule::backoff(&s.runner, age));
+        (Queue::Deferred, Disposition::Deferred)
+    };
+    if let Err(e) = store.write_state(id, &state) {
+        logging::warning(&format!("{id}: cannot write delivery state: {}", e.desc()));
+        return Disposition::Stuck;
+    }
+    if let Err(e) = store.rename(Queue::Active, to, id) {
+        logging::warning(&format!("{id}: cannot move to {}/: {}", to.name(), e.desc()));
+        return Disposition::Stuck;
+    }
+    if to == Queue::Failed {
+        logging::info(&format!("{id}: moved to failed/ ({failed} recipient(s) failed)"));
+    }
+    disposition
+}

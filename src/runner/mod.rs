@@ -1,0 +1,453 @@
+/*!
+`outq run`: drain the spool.
+
+The delivery state machine, one entry at a time:
+
+```text
+new/ --pickup (validate)--> active/ --attempt--> (removed)    all sent
+  |                           |   ^               deferred/   some pending
+  +--invalid--> corrupt/      |   |               failed/     none pending, some failed
+                              |   +-- due --- deferred/
+                    crash ----+--> deferred/ (recovered) or hold/ (3rd time)
+```
+
+The main thread holds the queue lock, recovers, picks up `new/` (woken by
+inotify within a second of a commit), scans `deferred/` for due entries
+(one `stat` of each state file, no open), and hands claimed entries to
+`connections` worker threads, each owning its transport and so its SMTP
+connection. SIGTERM/SIGINT stop new work and let attempts finish within
+`shutdown_timeout`; SIGHUP reloads the configuration.
+
+- [`lock`]: one runner per spool;
+- [`recover`]: start-up recovery and sweeping;
+- [`schedule`]: backoff and lifetime;
+- [`attempt`]: one delivery attempt and where the entry goes next.
+*/
+#![forbid(unsafe_code)]
+
+pub mod attempt;
+pub mod lock;
+pub mod recover;
+pub mod schedule;
+
+use std::collections::{HashSet, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::geteuid;
+use outq_spool::config::{self as spool_config, Config};
+use outq_spool::entry::Limits;
+use outq_spool::queue_id::QueueId;
+
+use crate::admin::config_trust;
+use crate::config::RunnerConfig;
+use crate::deliver;
+use crate::error::Error;
+use crate::logging;
+use crate::queue::state::State;
+use crate::queue::store::{Queue, Store, now};
+use crate::queue::validate::{self, Loaded};
+
+/// What every worker needs, replaced as a whole on SIGHUP.
+#[derive(Debug)]
+pub struct Settings {
+    pub runner: RunnerConfig,
+    pub host: String,
+    pub limits: Limits,
+    /// Set when the runner is shutting down: workers finish the current
+    /// transaction and stop.
+    pub stop: Arc<AtomicBool>,
+    /// Distinguishes reloads, so workers rebuild their transports.
+    pub generation: u64,
+}
+
+impl Settings {
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// Options of `outq run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub spool: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub once: bool,
+    pub log_stderr: bool,
+}
+
+/// Load and validate both halves of the configuration.
+pub fn load_settings(opts: &RunOptions, stop: Arc<AtomicBool>, generation: u64) -> Result<(Config, Settings), Error> {
+    let path = opts.config.clone().unwrap_or_else(|| PathBuf::from(spool_config::CONFIG_PATH));
+    let (cfg, _) = spool_config::load(&path, &config_trust())
+        .map_err(|e| Error::temp(e.to_string(), "correct the configuration (see outq.conf(5)) and 'outq check'"))?;
+    let runner = RunnerConfig::from_config(&cfg)
+        .map_err(|e| Error::temp(format!("{}: {e}", path.display()), "correct that line (see outq.conf(5))"))?;
+    let host = spool_config::effective_hostname(&cfg);
+    let limits = Limits { max_recipients: cfg.max_recipients, max_size: cfg.message_size_limit };
+    Ok((cfg, Settings { runner, host, limits, stop, generation }))
+}
+
+/// Open and validate an entry, quarantining it when it fails.
+pub fn load(store: &Store, s: &Settings, q: Queue, name: &str) -> Option<Loaded> {
+    match validate::load(store, q, name, &s.limits) {
+        Ok(l) => Some(l),
+        Err(why) => {
+            recover::quarantine(store, q, name, &why);
+            None
+        }
+    }
+}
+
+/// A claimed entry on its way to a worker.
+#[derive(Debug)]
+struct Job {
+    entry: Loaded,
+    state: State,
+    settings: Arc<Settings>,
+}
+
+/// The answer a worker sends back.
+#[derive(Debug)]
+struct Done {
+    id: QueueId,
+}
+
+fn refuse_privilege() -> Result<(), Error> {
+    if geteuid().is_root() {
+        return Err(Error::perm(
+            "outq run must not run as root",
+            "start it as the queue owner: 'runuser -u outq -- outq run', or User=outq in the service unit",
+        ));
+    }
+    match outq_spool::process::effective_capabilities() {
+        Ok(0) => Ok(()),
+        Ok(caps) => Err(Error::perm(
+            format!("outq run holds capabilities ({caps:#x}) it must not have"),
+            "start it without capabilities (CapabilityBoundingSet= in the service unit)",
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Block the signals the runner acts on and read them from a signalfd.
+fn signals() -> Result<SignalFd, Error> {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    let fail =
+        |e: nix::errno::Errno| Error::temp(format!("cannot set up signals: {}", e.desc()), "report this as a bug");
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(fail)?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(fail)
+}
+
+/// `outq run` and `outq run --once`.
+pub fn run(opts: &RunOptions) -> Result<ExitCode, Error> {
+    logging::init(if opts.log_stderr { logging::Sink::Stderr } else { logging::Sink::Syslog });
+    refuse_privilege()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (cfg, settings) = load_settings(opts, stop.clone(), 0)?;
+    let root = opts.spool.clone().unwrap_or_else(|| cfg.spool_directory.clone());
+    let store = Arc::new(Store::open(&root)?);
+    let _lock = lock::acquire(&store)?;
+    let sigfd = signals()?;
+    let settings = Arc::new(settings);
+    recover::recover_active(&store, &settings);
+    recover::sweep(&store, &settings);
+    let mut runner = Runner::start(store.clone(), settings)?;
+    logging::info(&format!("runner started on {} (pid {})", root.display(), std::process::id()));
+    if opts.once {
+        runner.pass(true);
+        runner.drain_all();
+    } else {
+        runner.daemon(opts, &sigfd)?;
+    }
+    runner.shutdown();
+    logging::info("runner stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The main thread's state.
+struct Runner {
+    store: Arc<Store>,
+    settings: Arc<Settings>,
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
+    wake: OwnedFd,
+    workers: Vec<JoinHandle<()>>,
+    in_flight: HashSet<QueueId>,
+    ready: VecDeque<(Queue, String)>,
+}
+
+impl Runner {
+    fn start(store: Arc<Store>, settings: Arc<Settings>) -> Result<Runner, Error> {
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
+        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let (wake_r, wake_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(|e| Error::temp(format!("cannot create a pipe: {}", e.desc()), "check the open files limit"))?;
+        let wake_w = Arc::new(wake_w);
+        let mut workers = Vec::new();
+        for n in 0..settings.runner.connections {
+            let (store, rx, tx, wake) = (store.clone(), jobs_rx.clone(), done_tx.clone(), wake_w.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("delivery-{n}"))
+                .spawn(move || worker(&store, &rx, &tx, &wake))
+                .map_err(|e| Error::temp(format!("cannot start a delivery thread: {e}"), "check memory limits"))?;
+            workers.push(handle);
+        }
+        Ok(Runner {
+            store,
+            settings,
+            jobs: Some(jobs_tx),
+            done: done_rx,
+            wake: wake_r,
+            workers,
+            in_flight: HashSet::new(),
+            ready: VecDeque::new(),
+        })
+    }
+
+    /// Most entries claimed at once: enough to keep every worker busy,
+    /// few enough that a crash leaves little in `active/`.
+    fn window(&self) -> usize {
+        self.settings.runner.connections.saturating_mul(2).max(2)
+    }
+
+    /// Find work: everything in `new/`, and, when `deferred` is set,
+    /// every due entry in `deferred/`.
+    fn pass(&mut self, deferred: bool) {
+        let mut fresh: Vec<String> = self.store.list(Queue::New).unwrap_or_default();
+        fresh.sort();
+        let queued: HashSet<String> = self.ready.iter().map(|(_, n)| n.clone()).collect();
+        for name in fresh {
+            if !queued.contains(&name) {
+                self.ready.push_back((Queue::New, name));
+            }
+        }
+        if deferred {
+            let t = now();
+            let mut due: Vec<(u64, String)> = self
+                .store
+                .list(Queue::Deferred)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|n| {
+                    let when = self.store.due_time(&n).unwrap_or(0);
+                    (when <= t).then_some((when, n))
+                })
+                .collect();
+            due.sort();
+            for (_, name) in due {
+                if !queued.contains(&name) {
+                    self.ready.push_back((Queue::Deferred, name));
+                }
+            }
+        }
+        self.dispatch();
+    }
+
+    /// Claim and hand out ready entries while the window has room.
+    fn dispatch(&mut self) {
+        while self.in_flight.len() < self.window() {
+            let Some((from, name)) = self.ready.pop_front() else { break };
+            if let Some(job) = self.claim(from, &name) {
+                self.in_flight.insert(job.entry.id.clone());
+                if let Some(tx) = &self.jobs {
+                    if tx.send(job).is_err() {
+                        logging::warning("delivery threads have stopped");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Validate and move an entry into `active/`, with its state.
+    fn claim(&mut self, from: Queue, name: &str) -> Option<Job> {
+        let s = self.settings.clone();
+        let entry = match from {
+            Queue::New => {
+                let entry = load(&self.store, &s, Queue::New, name)?;
+                self.store.rename(Queue::New, Queue::Active, name).ok()?;
+                // The name we moved must still be the file we checked.
+                let st = self.store.stat(Queue::Active, name).ok()?;
+                if st.st_ino != entry.inode {
+                    recover::quarantine(&self.store, Queue::Active, name, "replaced while being picked up");
+                    return None;
+                }
+                logging::info(&format!(
+                    "{}: picked up: uid={} from={} nrcpt={} size={}",
+                    entry.id,
+                    entry.owner,
+                    entry.parsed.header.sender,
+                    entry.parsed.header.recipients.len(),
+                    entry.parsed.header.size
+                ));
+                entry
+            }
+            _ => {
+                self.store.rename(from, Queue::Active, name).ok()?;
+                load(&self.store, &s, Queue::Active, name)?
+            }
+        };
+        let state = match self.store.read_state(name) {
+            Ok(Some(st)) => st,
+            Ok(None) => State::fresh(&entry.parsed.header.recipients),
+            Err(e) => {
+                logging::warning(&format!("{name}: {e}; quarantined"));
+                recover::quarantine(&self.store, Queue::Active, name, "unreadable state");
+                return None;
+            }
+        };
+        Some(Job { entry, state, settings: s })
+    }
+
+    /// Collect finished attempts without waiting.
+    fn reap(&mut self) {
+        let mut byte = [0u8; 64];
+        while nix::unistd::read(self.wake.as_fd(), &mut byte).is_ok_and(|n| n > 0) {}
+        while let Ok(d) = self.done.try_recv() {
+            self.in_flight.remove(&d.id);
+        }
+    }
+
+    /// Wait until every claimed and ready entry is done (`--once`).
+    fn drain_all(&mut self) {
+        loop {
+            self.reap();
+            self.dispatch();
+            if self.in_flight.is_empty() && self.ready.is_empty() {
+                return;
+            }
+            match self.done.recv_timeout(Duration::from_millis(200)) {
+                Ok(d) => {
+                    self.in_flight.remove(&d.id);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn daemon(&mut self, opts: &RunOptions, sigfd: &SignalFd) -> Result<(), Error> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| Error::temp(format!("cannot use inotify: {}", e.desc()), "raise fs.inotify limits"))?;
+        inotify
+            .add_watch(&self.store.root.join(Queue::New.name()), AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE)
+            .map_err(|e| Error::temp(format!("cannot watch new/: {}", e.desc()), "raise fs.inotify limits"))?;
+        let mut next_pass = Instant::now();
+        loop {
+            if Instant::now() >= next_pass {
+                recover::sweep(&self.store, &self.settings);
+                self.pass(true);
+                next_pass = Instant::now() + self.settings.runner.queue_run_interval;
+            }
+            let wait = next_pass.saturating_duration_since(Instant::now()).min(Duration::from_secs(60));
+            let timeout = PollTimeout::try_from(wait.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::NONE);
+            let mut fds = [
+                PollFd::new(inotify.as_fd(), PollFlags::POLLIN),
+                PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(Error::temp(format!("poll failed: {}", e.desc()), "report this as a bug")),
+            }
+            let [new_ready, sig_ready, _] = fds.map(|f| f.any().unwrap_or(false));
+            self.reap();
+            if sig_ready {
+                while let Ok(Some(info)) = sigfd.read_signal() {
+                    if info.ssi_signo == Signal::SIGHUP as u32 {
+                        self.reload(opts);
+                    } else {
+                        logging::info("stopping on signal");
+                        return Ok(());
+                    }
+                }
+            }
+            if new_ready {
+                while inotify.read_events().is_ok_and(|e| !e.is_empty()) {}
+                self.pass(false);
+            }
+            self.dispatch();
+        }
+    }
+
+    fn reload(&mut self, opts: &RunOptions) {
+        let generation = self.settings.generation + 1;
+        match load_settings(opts, self.settings.stop.clone(), generation) {
+            Ok((_, s)) => {
+                self.settings = Arc::new(s);
+                logging::info("configuration reloaded");
+            }
+            Err(e) => logging::warning(&format!("configuration not reloaded: {e}")),
+        }
+    }
+
+    /// Stop handing out work, let attempts finish within `shutdown_timeout`.
+    fn shutdown(mut self) {
+        self.ready.clear();
+        self.settings.stop.store(true, Ordering::SeqCst);
+        self.jobs = None; // workers see the channel close
+        let deadline = Instant::now() + self.settings.runner.shutdown_timeout;
+        while !self.in_flight.is_empty() && Instant::now() < deadline {
+            if let Ok(d) = self.done.recv_timeout(Duration::from_millis(100)) {
+                self.in_flight.remove(&d.id);
+            }
+        }
+        if self.in_flight.is_empty() {
+            for w in self.workers.drain(..) {
+                let _ = w.join();
+            }
+        } else {
+            logging::warning(&format!(
+                "{} attempt(s) still running at shutdown; they will be recovered",
+                self.in_flight.len()
+            ));
+        }
+    }
+}
+
+/// A delivery thread: take a job, attempt it, report back.
+fn worker(store: &Store, jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, wake: &OwnedFd) {
+    let mut transport: Option<(u64, Box<dyn deliver::Transport>)> = None;
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+            Err(_) => break,
+        };
+        let s = job.settings.clone();
+        if transport.as_ref().is_none_or(|(g, _)| *g != s.generation) {
+            if let Some((_, mut t)) = transport.take() {
+                t.close();
+            }
+            match deliver::build(&s.runner, &s.host) {
+                Ok(t) => transport = Some((s.generation, t)),
+                Err(e) => logging::warning(&format!("cannot set up delivery: {e}")),
+            }
+        }
+        let id = job.entry.id.clone();
+        if let Some((_, t)) = transport.as_mut() {
+            attempt::attempt(store, &s, t.as_mut(), &job.entry, job.state);
+        }
+        let _ = done.send(Done { id });
+        let _ = nix::unistd::write(wake, b"x");
+    }
+    if let Some((_, mut t)) = transport {
+        t.close();
+    }
+}

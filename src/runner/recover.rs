@@ -1,0 +1,120 @@
+/*!
+Start-up recovery and periodic maintenance, done while holding the lock.
+
+- Everything in `active/` belonged to a runner that died: it goes to
+  `deferred/`, due now, with the recovery counted in its state. An entry
+  recovered 3 times goes to `hold/` ("interrupted delivery 3 times"), so a
+  message that crashes the runner cannot cause a mail flood.
+- Files in `tmp/` older than `tmp_max_age` are writes a killed helper never
+  committed: removed, and logged.
+- Entries in `failed/` older than `failed_max_age` are removed and logged.
+- State files whose entry is nowhere are removed and logged.
+*/
+#![forbid(unsafe_code)]
+
+use std::collections::HashSet;
+
+use crate::logging;
+use crate::queue::state::State;
+use crate::queue::store::{Queue, Store, now};
+use crate::runner::Settings;
+
+/// Recoveries after which an entry is held instead of retried.
+pub const MAX_RECOVERIES: u32 = 3;
+
+/// Recover `active/`. Returns how many entries were moved.
+pub fn recover_active(store: &Store, s: &Settings) -> usize {
+    let names = store.list(Queue::Active).unwrap_or_default();
+    let mut moved = 0;
+    for name in names {
+        if outq_spool::queue_id::QueueId::parse(&name).is_none() {
+            quarantine(store, Queue::Active, &name, "not a queue ID");
+            continue;
+        }
+        let mut state = match store.read_state(&name) {
+            Ok(Some(st)) => st,
+            Ok(None) => match super::load(store, s, Queue::Active, &name) {
+                Some(entry) => State::fresh(&entry.parsed.header.recipients),
+                None => continue,
+            },
+            Err(e) => {
+                logging::warning(&format!("{name}: unreadable state ({e}); quarantined"));
+                quarantine(store, Queue::Active, &name, "unreadable state");
+                continue;
+            }
+        };
+        state.recoveries = state.recoveries.saturating_add(1);
+        state.next_attempt = now();
+        let to = if state.recoveries >= MAX_RECOVERIES {
+            state.hold = Some(format!("interrupted delivery {} times", state.recoveries));
+            Queue::Hold
+        } else {
+            Queue::Deferred
+        };
+        if store.write_state(&name, &state).is_ok() && store.rename(Queue::Active, to, &name).is_ok() {
+            moved += 1;
+            logging::info(&format!("{name}: recovered from an interrupted delivery, moved to {}/", to.name()));
+        } else {
+            logging::warning(&format!("{name}: cannot recover from active/"));
+        }
+    }
+    moved
+}
+
+/// Move a bad file to `corrupt/` and say why.
+pub fn quarantine(store: &Store, from: Queue, name: &str, why: &str) {
+    let shown = outq_spool::log::escape(name.as_bytes());
+    match store.quarantine(from, name) {
+        Ok(to) => logging::warning(&format!(
+            "{shown}: moved from {}/ to corrupt/{}: {why}",
+            from.name(),
+            outq_spool::log::escape(to.as_bytes())
+        )),
+        Err(e) => logging::warning(&format!("{shown}: cannot quarantine ({}): {why}", e.desc())),
+    }
+}
+
+/// Remove old uncommitted files, old failures and orphan state files.
+pub fn sweep(store: &Store, s: &Settings) {
+    let t = now();
+    let old = |q: Queue, name: &str, max: u64| -> bool {
+        store.stat(q, name).map(|st| t.saturating_sub(u64::try_from(st.st_mtime).unwrap_or(0)) > max).unwrap_or(false)
+    };
+    for name in store.list(Queue::Tmp).unwrap_or_default() {
+        if old(Queue::Tmp, &name, s.runner.tmp_max_age.as_secs()) && store.unlink(Queue::Tmp, &name).is_ok() {
+            logging::info(&format!(
+                "{}: removed from tmp/: never committed (older than tmp_max_age)",
+                outq_spool::log::escape(name.as_bytes())
+            ));
+        }
+    }
+    for name in store.list(Queue::Failed).unwrap_or_default() {
+        if old(Queue::Failed, &name, s.runner.failed_max_age.as_secs()) && store.unlink(Queue::Failed, &name).is_ok() {
+            let _ = store.remove_state(&name);
+            logging::info(&format!(
+                "{}: removed from failed/ (older than failed_max_age)",
+                outq_spool::log::escape(name.as_bytes())
+            ));
+        }
+    }
+    let mut present: HashSet<String> = HashSet::new();
+    for q in [Queue::Active, Queue::Deferred, Queue::Hold, Queue::Failed, Queue::Corrupt, Queue::New] {
+        present.extend(store.list(q).unwrap_or_default());
+    }
+    for name in store.list_states().unwrap_or_default() {
+        if name.starts_with('.') {
+            // A state write interrupted by a crash.
+            if old_state(store, &name, t) {
+                let _ = store.remove_state(&name);
+            }
+            continue;
+        }
+        if !present.contains(&name) && store.remove_state(&name).is_ok() {
+            logging::info(&format!("{}: removed orphan state file", outq_spool::log::escape(name.as_bytes())));
+        }
+    }
+}
+
+fn old_state(store: &Store, name: &str, now: u64) -> bool {
+    store.due_time(name).is_some_and(|m| now.saturating_sub(m) > 3600)
+}
