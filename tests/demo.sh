@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole path outq has today, without root: build, create a private spool
-# owned by the invoking user, submit a message through outq-enqueue, and show
-# the committed entry. Run as root, it runs itself as the user "nobody", so
-# that it shows what an unprivileged user sees.
+# The whole path without root: build, create a private spool owned by the
+# invoking user, submit a message through outq-enqueue, deliver it with
+# `outq run --once` through the maildir: transport, and show the delivered
+# file. Run as root, it runs itself as the user "nobody", so that it shows
+# what an unprivileged user sees.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 if [ "$(id -u)" = 0 ] && [ -z "${OUTQ_DEMO_AS_NOBODY:-}" ]; then
@@ -18,15 +19,19 @@ if [ -z "$bin" ]; then
 fi
 demo=$(mktemp -d /tmp/outq-demo.XXXXXX)
 echo "# private spool in $demo/spool, as $(id -un)"
-printf 'myhostname = demo.example\nspool_min_free = 0\n' > "$demo/outq.conf"
+printf 'myhostname = demo.example\nspool_min_free = 0\nrelay = maildir:%s/Maildir\n' "$demo" > "$demo/outq.conf"
 "$bin/outq" init --spool "$demo/spool" --config "$demo/outq.conf"
 echo "# submit a message"
 id=$(printf 'Subject: hello\n\nHello from outq.\n' |
     "$bin/outq-enqueue" --spool "$demo/spool" --config "$demo/outq.conf" you@example.org)
 echo "queued as $id"
-echo "# the committed entry (owner, mode 0404, in new/)"
+echo "# the committed entry in new/: owner, mode 0404, envelope header, message, trailer"
 ls -l "$demo/spool/new"
-echo "# its contents: envelope header, message, trailer"
 cat "$demo/spool/new/$id"
-test -z "$(ls -A "$demo/spool/tmp")"
-echo "# demo spool left in $demo (remove it with: rm -rf $demo)"
+echo "# deliver it: one pass of the runner with the maildir: transport"
+"$bin/outq" run --once --spool "$demo/spool" --config "$demo/outq.conf" --log stderr
+delivered=$(ls "$demo/Maildir/new")
+echo "# delivered to $demo/Maildir/new/$delivered"
+cat "$demo/Maildir/new/$delivered"
+for q in tmp new active deferred state; do test -z "$(ls -A "$demo/spool/$q")"; done
+echo "# the spool is empty again; demo left in $demo (remove it with: rm -rf $demo)"
