@@ -23,6 +23,109 @@ pub enum Command {
     Check(CheckArgs),
     /// Deliver queued mail (as the queue owner).
     Run(RunArgs),
+    /// List queued entries, like mailq.
+    List(ListArgs),
+    /// Show one entry.
+    Show(ShowArgs),
+    /// Make deferred entries due now and wake the runner.
+    Flush(IdsArgs),
+    /// Hold entries (no delivery until released).
+    Hold(IdsArgs),
+    /// Release held entries.
+    Release(IdsArgs),
+    /// Delete entries (or all in a state older than a duration).
+    Delete(DeleteArgs),
+    /// Put failed or corrupt entries back into delivery.
+    Requeue(IdsArgs),
+    /// Counts, sizes and ages per state; monitoring thresholds.
+    Status(StatusArgs),
+}
+
+/// Where the spool is, for the operator commands.
+#[derive(Debug, Args, Clone)]
+pub struct WhereArgs {
+    /// The spool directory (default: spool_directory from the configuration).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub spool: Option<PathBuf>,
+    /// The configuration file.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub place: WhereArgs,
+    /// Only entries in this state: new, active, deferred, hold, failed, corrupt.
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<String>,
+    /// One JSON document instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(multiple = false, id = "part")]
+pub struct ShowParts {
+    /// Only the message's header section.
+    #[arg(long, group = "part")]
+    pub headers: bool,
+    /// Only the message body.
+    #[arg(long, group = "part")]
+    pub body: bool,
+    /// The message exactly as submitted.
+    #[arg(long, group = "part")]
+    pub raw: bool,
+    /// The entry as JSON.
+    #[arg(long, group = "part")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub place: WhereArgs,
+    /// The queue ID.
+    pub id: String,
+    #[command(flatten)]
+    pub part: ShowParts,
+}
+
+#[derive(Debug, Args)]
+pub struct IdsArgs {
+    #[command(flatten)]
+    pub place: WhereArgs,
+    /// Queue IDs.
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub place: WhereArgs,
+    /// Queue IDs.
+    pub ids: Vec<String>,
+    /// With --older-than: delete every entry in this state.
+    #[arg(long, value_name = "STATE", requires = "older_than", conflicts_with = "ids")]
+    pub state: Option<String>,
+    /// With --state: only entries that arrived longer ago than this (30s, 10m, 4h, 7d).
+    #[arg(long, value_name = "DURATION", requires = "state")]
+    pub older_than: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub place: WhereArgs,
+    /// One JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// Warn (exit 1) when the oldest waiting entry is older than this.
+    #[arg(long, value_name = "DURATION")]
+    pub warn_age: Option<String>,
+    /// Critical (exit 2) when the oldest waiting entry is older than this.
+    #[arg(long, value_name = "DURATION")]
+    pub crit_age: Option<String>,
 }
 
 /// Where the runner logs.

@@ -32,6 +32,8 @@ pub const RUNNER_KEYS: &[(&str, &str)] = &[
     ("starttls", "opportunistic, required or off"),
     ("tls_ca_file", "CA certificates for the relay instead of the system's"),
     ("relay_auth_file", "credentials for SMTP AUTH"),
+    ("delay_warning_time", "send a delay notice after this long (0s: never)"),
+    ("enqueue_program", "the helper outq-sendmail runs"),
 ];
 
 /// Where a message goes.
@@ -73,6 +75,9 @@ pub struct RunnerConfig {
     pub starttls: StartTls,
     pub tls_ca_file: Option<PathBuf>,
     pub relay_auth_file: Option<PathBuf>,
+    /// `None`: no delay warnings (the default).
+    pub delay_warning_time: Option<Duration>,
+    pub enqueue_program: PathBuf,
 }
 
 impl Default for RunnerConfig {
@@ -97,6 +102,8 @@ impl Default for RunnerConfig {
             starttls: StartTls::Opportunistic,
             tls_ca_file: None,
             relay_auth_file: None,
+            delay_warning_time: None,
+            enqueue_program: PathBuf::from(outq_spool::config::ENQUEUE_PROGRAM),
         }
     }
 }
@@ -218,15 +225,19 @@ impl RunnerConfig {
                         _ => return Err(err("must be opportunistic, required or off".into())),
                     }
                 }
-                "tls_ca_file" | "relay_auth_file" => {
+                "delay_warning_time" => {
+                    let d = dur()?;
+                    rc.delay_warning_time = (!d.is_zero()).then_some(d);
+                }
+                "tls_ca_file" | "relay_auth_file" | "enqueue_program" => {
                     let p = PathBuf::from(v);
                     if !p.is_absolute() {
                         return Err(err("must be an absolute path".into()));
                     }
-                    if key == "tls_ca_file" {
-                        rc.tls_ca_file = Some(p);
-                    } else {
-                        rc.relay_auth_file = Some(p);
+                    match key.as_str() {
+                        "tls_ca_file" => rc.tls_ca_file = Some(p),
+                        "relay_auth_file" => rc.relay_auth_file = Some(p),
+                        _ => rc.enqueue_program = p,
                     }
                 }
                 _ => {}

@@ -24,6 +24,11 @@ impl Error {
         Error { code: 75, ..Error::new(what, fix) }
     }
 
+    /// Exit with EX_USAGE (64).
+    pub fn usage(what: impl Into<String>, fix: impl Into<String>) -> Error {
+        Error { code: 64, ..Error::new(what, fix) }
+    }
+
     /// Exit with EX_NOPERM (77).
     pub fn perm(what: impl Into<String>, fix: impl Into<String>) -> Error {
         Error { code: 77, ..Error::new(what, fix) }

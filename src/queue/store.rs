@@ -56,6 +56,26 @@ impl Queue {
     }
 }
 
+/// An operator's request about an entry that is being delivered, carried
+/// out by the runner when the attempt ends (`state/ID.request`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Hold,
+    Delete,
+}
+
+impl Request {
+    pub fn word(self) -> &'static str {
+        match self {
+            Request::Hold => "hold",
+            Request::Delete => "delete",
+        }
+    }
+}
+
+/// Suffix of request files in `state/`.
+pub const REQUEST_SUFFIX: &str = ".request";
+
 /// The open spool.
 #[derive(Debug)]
 pub struct Store {
@@ -228,6 +248,31 @@ impl Store {
         let fd = openat(self.state.as_fd(), id, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
         let t = TimeSpec::new(i64::try_from(when).unwrap_or(i64::MAX), 0);
         futimens(fd.as_fd(), &t, &t)
+    }
+
+    /// Record an operator's request for an entry in `active/`.
+    pub fn write_request(&self, id: &str, req: Request) -> Result<(), Errno> {
+        let name = format!("{id}{REQUEST_SUFFIX}");
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(self.state.as_fd(), name.as_str(), flags, Mode::from_bits_truncate(0o600))?;
+        let mut f = File::from(fd);
+        f.write_all(format!("{}\n", req.word()).as_bytes())
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(5)))?;
+        fsync(f.as_fd())
+    }
+
+    /// Take (read and remove) the request for `id`, if any.
+    pub fn take_request(&self, id: &str) -> Option<Request> {
+        let name = format!("{id}{REQUEST_SUFFIX}");
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+        let fd = openat(self.state.as_fd(), name.as_str(), flags, Mode::empty()).ok()?;
+        let text = fs::read_all(fd, 64).ok()?;
+        let _ = unlinkat(self.state.as_fd(), name.as_str(), UnlinkatFlags::NoRemoveDir);
+        match text.as_slice() {
+            b"hold\n" => Some(Request::Hold),
+            b"delete\n" => Some(Request::Delete),
+            _ => None,
+        }
     }
 
     pub fn remove_state(&self, id: &str) -> Result<(), Errno> {

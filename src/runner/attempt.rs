@@ -21,7 +21,7 @@ use crate::date;
 use crate::deliver::{Outgoing, Status, Transport};
 use crate::logging;
 use crate::queue::state::{RcptStatus, State, one_line};
-use crate::queue::store::{Queue, Store, now};
+use crate::queue::store::{Queue, Request, Store, now};
 use crate::queue::validate::Loaded;
 use crate::runner::Settings;
 
@@ -136,6 +136,23 @@ pub fn attempt(
 /// Move the entry out of `active/` according to its recipients.
 fn finish(store: &Store, s: &Settings, entry: &Loaded, mut state: State) -> Disposition {
     let id = entry.id.as_str();
+    match store.take_request(id) {
+        Some(Request::Delete) => {
+            let _ = store.unlink(Queue::Active, id);
+            let _ = store.remove_state(id);
+            logging::info(&format!("{id}: deleted by the operator after its attempt"));
+            return Disposition::Delivered;
+        }
+        Some(Request::Hold) if state.count(RcptStatus::Pending) > 0 => {
+            state.hold = Some("held by the operator".into());
+            state.next_attempt = now();
+            if store.write_state(id, &state).is_ok() && store.rename(Queue::Active, Queue::Hold, id).is_ok() {
+                logging::info(&format!("{id}: held by the operator after its attempt"));
+                return Disposition::Deferred;
+            }
+        }
+        _ => {}
+    }
     let pending = state.count(RcptStatus::Pending);
     let failed = state.count(RcptStatus::Failed);
     if pending == 0 && failed == 0 {

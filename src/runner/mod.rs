@@ -343,9 +343,17 @@ impl Runner {
     fn daemon(&mut self, opts: &RunOptions, sigfd: &SignalFd) -> Result<(), Error> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| Error::temp(format!("cannot use inotify: {}", e.desc()), "raise fs.inotify limits"))?;
+        let watch_fail = |e: nix::errno::Errno| {
+            Error::temp(format!("cannot watch the spool: {}", e.desc()), "raise fs.inotify limits")
+        };
         inotify
             .add_watch(&self.store.root.join(Queue::New.name()), AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE)
-            .map_err(|e| Error::temp(format!("cannot watch new/: {}", e.desc()), "raise fs.inotify limits"))?;
+            .map_err(watch_fail)?;
+        // `outq flush`, `release` and `requeue` touch the lock file to ask
+        // for a full pass: no pid file, no signal.
+        let flush_watch = inotify
+            .add_watch(&self.store.root.join(outq_spool::layout::LOCK), AddWatchFlags::IN_ATTRIB)
+            .map_err(watch_fail)?;
         let mut next_pass = Instant::now();
         loop {
             if Instant::now() >= next_pass {
@@ -377,8 +385,17 @@ impl Runner {
                 }
             }
             if new_ready {
-                while inotify.read_events().is_ok_and(|e| !e.is_empty()) {}
-                self.pass(false);
+                let mut flush = false;
+                while let Ok(events) = inotify.read_events() {
+                    if events.is_empty() {
+                        break;
+                    }
+                    flush |= events.iter().any(|e| e.wd == flush_watch);
+                }
+                if flush {
+                    logging::info("flush requested");
+                }
+                self.pass(flush);
             }
             self.dispatch();
         }
@@ -441,8 +458,16 @@ fn worker(store: &Store, jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, wake:
             }
         }
         let id = job.entry.id.clone();
-        if let Some((_, t)) = transport.as_mut() {
+        if s.stopping() {
+            // Claimed but not started: hand it back, due now, untouched.
+            if store.rename(Queue::Active, Queue::Deferred, id.as_str()).is_ok() {
+                let _ = store.set_due(id.as_str(), now());
+            }
+        } else if let Some((_, t)) = transport.as_mut() {
             attempt::attempt(store, &s, t.as_mut(), &job.entry, job.state);
+        } else {
+            // No transport could be built: leave it for a later pass.
+            let _ = store.rename(Queue::Active, Queue::Deferred, id.as_str());
         }
         let _ = done.send(Done { id });
         let _ = nix::unistd::write(wake, b"x");

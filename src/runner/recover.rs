@@ -43,9 +43,21 @@ pub fn recover_active(store: &Store, s: &Settings) -> usize {
                 continue;
             }
         };
+        match store.take_request(&name) {
+            Some(crate::queue::store::Request::Delete) => {
+                let _ = store.unlink(Queue::Active, &name);
+                let _ = store.remove_state(&name);
+                logging::info(&format!("{name}: deleted by the operator (requested during an interrupted attempt)"));
+                continue;
+            }
+            Some(crate::queue::store::Request::Hold) => state.hold = Some("held by the operator".into()),
+            None => {}
+        }
         state.recoveries = state.recoveries.saturating_add(1);
         state.next_attempt = now();
-        let to = if state.recoveries >= MAX_RECOVERIES {
+        let to = if state.hold.is_some() {
+            Queue::Hold
+        } else if state.recoveries >= MAX_RECOVERIES {
             state.hold = Some(format!("interrupted delivery {} times", state.recoveries));
             Queue::Hold
         } else {
@@ -109,7 +121,8 @@ pub fn sweep(store: &Store, s: &Settings) {
             }
             continue;
         }
-        if !present.contains(&name) && store.remove_state(&name).is_ok() {
+        let entry_name = name.strip_suffix(crate::queue::store::REQUEST_SUFFIX).unwrap_or(&name);
+        if !present.contains(entry_name) && store.remove_state(&name).is_ok() {
             logging::info(&format!("{}: removed orphan state file", outq_spool::log::escape(name.as_bytes())));
         }
     }
