@@ -15,4 +15,5 @@ outq's integration tests: one binary that runs the real programs.
 mod docs;
 mod enqueue;
 mod privileged;
+mod smtp;
 mod support;
