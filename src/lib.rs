@@ -12,6 +12,7 @@ create the spool), and shares the spool format with the helper through the
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod bounce;
 pub mod cli;
 pub mod config;
 pub mod date;

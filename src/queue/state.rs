@@ -11,6 +11,7 @@ attempts 2
 recoveries 0
 next_attempt 1764346135
 hold interrupted delivery 3 times            (only while held)
+warned 1764349735                            (only after a delay notice)
 last_error 451 4.3.0 try again later
 rcpt <alice@example.org> sent 250 2.0.0 Ok
 rcpt <bob@example.org> pending 451 4.3.0 try again later
@@ -22,6 +23,9 @@ The file is replaced atomically (temporary name, `fsync`, `rename`), and
 its modification time is set to `next_attempt`, so a scan of `deferred/`
 learns which entries are due with one `stat` each and without opening any
 file. Texts that came from a server are escaped (no control bytes).
+
+The `warned` line was added after version 1 was first written: a file
+without it (every older file) reads as "no delay notice sent yet".
 */
 #![forbid(unsafe_code)]
 
@@ -69,6 +73,8 @@ pub struct State {
     /// Seconds since the epoch; also the state file's mtime.
     pub next_attempt: u64,
     pub hold: Option<String>,
+    /// When the one delay notice was queued (`delay_warning_time`).
+    pub warned: Option<u64>,
     pub last_error: String,
     pub recipients: Vec<Rcpt>,
 }
@@ -81,6 +87,7 @@ impl State {
             recoveries: 0,
             next_attempt: 0,
             hold: None,
+            warned: None,
             last_error: String::new(),
             recipients: recipients
                 .iter()
@@ -105,6 +112,9 @@ impl State {
         let _ = writeln!(out, "next_attempt {}", self.next_attempt);
         if let Some(h) = &self.hold {
             let _ = writeln!(out, "hold {}", clean(h));
+        }
+        if let Some(w) = self.warned {
+            let _ = writeln!(out, "warned {w}");
         }
         let _ = writeln!(out, "last_error {}", clean(&self.last_error));
         for r in &self.recipients {
@@ -140,13 +150,18 @@ impl State {
             hold = Some(h.to_owned());
             rest.remove(0);
         }
+        let mut warned = None;
+        if let Some(w) = rest.first().and_then(|l| l.strip_prefix("warned ")) {
+            warned = Some(num(w.to_owned(), "warned")?);
+            rest.remove(0);
+        }
         let mut it = rest.into_iter();
         let last_error = it.next().and_then(|l| l.strip_prefix("last_error ")).ok_or("expected last_error")?.to_owned();
         let mut recipients = Vec::new();
         for line in it.by_ref() {
             if line == "end" {
                 return if it.next().is_none() {
-                    Ok(State { attempts, recoveries, next_attempt, hold, last_error, recipients })
+                    Ok(State { attempts, recoveries, next_attempt, hold, warned, last_error, recipients })
                 } else {
                     Err("data after end".into())
                 };
@@ -220,6 +235,26 @@ mod tests {
         let mut s = State::fresh(&[addr("a@example.org")]);
         s.hold = Some("interrupted delivery 3 times".into());
         assert_eq!(State::parse(&s.encode()).unwrap().hold.as_deref(), Some("interrupted delivery 3 times"));
+    }
+
+    #[test]
+    fn warned_is_optional_and_round_trips() {
+        // A file written before the line existed reads as "not warned".
+        let old = "outq-state 1\nattempts 1\nrecoveries 0\nnext_attempt 5\nhold held\nlast_error \n\
+rcpt <a@example.org> pending \nend\n";
+        let s = State::parse(old).unwrap();
+        assert_eq!(s.warned, None);
+        assert_eq!(s.hold.as_deref(), Some("held"));
+        assert_eq!(s.encode(), old);
+        let mut s = State::fresh(&[addr("a@example.org")]);
+        s.warned = Some(1_764_349_735);
+        let text = s.encode();
+        assert!(text.contains("\nwarned 1764349735\nlast_error "));
+        assert_eq!(State::parse(&text).unwrap(), s);
+        s.hold = Some("x".into());
+        assert_eq!(State::parse(&s.encode()).unwrap(), s);
+        assert!(State::parse(&text.replace("warned 1764349735", "warned soon")).is_err());
+        assert!(State::parse(&text.replace("warned 1764349735", "warned -1")).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use outq_spool::address::Mailbox;
 use outq_spool::log::escape;
 
 use super::schedule;
+use crate::bounce;
 use crate::date;
 use crate::deliver::{Outgoing, Status, Transport};
 use crate::logging;
@@ -69,7 +70,7 @@ pub fn attempt(
     if schedule::expired(&s.runner, header.arrival, start) {
         for r in state.recipients.iter_mut().filter(|r| r.status == RcptStatus::Pending) {
             r.status = RcptStatus::Failed;
-            r.reply = "message expired: maximal_queue_lifetime reached".into();
+            r.reply = format!("{}: maximal_queue_lifetime reached", bounce::EXPIRED_PREFIX);
         }
         logging::info(&format!("{id}: expired after {}s in the queue", start.saturating_sub(header.arrival)));
         return finish(store, s, entry, state);
@@ -168,10 +169,16 @@ fn finish(store: &Store, s: &Settings, entry: &Loaded, mut state: State) -> Disp
     }
     let (to, disposition) = if pending == 0 {
         state.next_attempt = now();
+        if let Err(e) = bounce::queue_failure_notice(store, s, entry, &state) {
+            logging::warning(&format!("{id}: cannot queue the sender notification: {e}"));
+        }
         (Queue::Failed, Disposition::Failed)
     } else {
         let age = now().saturating_sub(entry.parsed.header.arrival);
         state.next_attempt = now().saturating_add(schedule::backoff(&s.runner, age));
+        if let Err(e) = bounce::queue_delay_notice(store, s, entry, &mut state) {
+            logging::warning(&format!("{id}: cannot queue the delay notification: {e}"));
+        }
         (Queue::Deferred, Disposition::Deferred)
     };
     if let Err(e) = store.write_state(id, &state) {

@@ -12,6 +12,7 @@ outq's integration tests: one binary that runs the real programs.
 */
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod bounce;
 mod docs;
 mod enqueue;
 mod privileged;
