@@ -203,9 +203,14 @@ impl RunnerConfig {
             let v = setting.value.as_str();
             let err = |message: String| KeyError { line: setting.line, message: format!("{key}: {message}") };
             let dur = || duration::parse(v).map_err(err);
+            // Intervals and timeouts of zero would spin or fail at once.
+            let nonzero = || match duration::parse(v) {
+                Ok(d) if d.is_zero() => Err(err("must be longer than 0s".into())),
+                r => r.map_err(err),
+            };
             match key.as_str() {
                 "relay" => rc.relays = parse_relays(v).map_err(err)?,
-                "queue_run_interval" => rc.queue_run_interval = dur()?,
+                "queue_run_interval" => rc.queue_run_interval = nonzero()?,
                 "shutdown_timeout" => rc.shutdown_timeout = dur()?,
                 "minimal_backoff_time" => rc.minimal_backoff_time = dur()?,
                 "maximal_backoff_time" => rc.maximal_backoff_time = dur()?,
@@ -214,9 +219,9 @@ impl RunnerConfig {
                 "failed_max_age" => rc.failed_max_age = dur()?,
                 "max_rcpt_per_transaction" => rc.max_rcpt_per_transaction = positive(v).map_err(err)?,
                 "connections" => rc.connections = positive(v).map_err(err)?,
-                "connect_timeout" => rc.connect_timeout = dur()?,
-                "command_timeout" => rc.command_timeout = dur()?,
-                "data_timeout" => rc.data_timeout = dur()?,
+                "connect_timeout" => rc.connect_timeout = nonzero()?,
+                "command_timeout" => rc.command_timeout = nonzero()?,
+                "data_timeout" => rc.data_timeout = nonzero()?,
                 "starttls" => {
                     rc.starttls = match v {
                         "opportunistic" => StartTls::Opportunistic,
@@ -290,6 +295,9 @@ mod tests {
         assert_eq!(e.line, 3);
         assert!(rc("starttls = maybe").is_err());
         assert!(rc("queue_run_interval = 5").is_err());
+        assert!(rc("queue_run_interval = 0s").is_err());
+        assert!(rc("command_timeout = 0m").is_err());
+        assert!(rc("shutdown_timeout = 0s").is_ok());
         assert!(rc("minimal_backoff_time = 2h\nmaximal_backoff_time = 1h").is_err());
     }
 }

@@ -23,6 +23,7 @@ pub mod logging;
 pub mod ops;
 pub mod queue;
 pub mod runner;
+pub mod sendmail;
 
 use std::process::ExitCode;
 

@@ -53,29 +53,45 @@ impl Pipe {
             let _ = io::copy(&mut stderr, &mut io::sink());
             buf
         });
-        if let Some(mut stdin) = child.stdin.take() {
-            let written = writeln!(stdin, "{}", msg.received).and_then(|()| io::copy(&mut msg.body(), &mut stdin));
-            drop(stdin);
-            if let Err(e) = written {
-                if e.kind() != io::ErrorKind::BrokenPipe {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!("cannot write to {prog}: {e}"));
-                }
-            }
-        }
+        // The message is written from a scoped thread, so a program that
+        // stops reading without exiting is still bounded by the timeout:
+        // killing it makes the write fail and the thread end.
+        let stdin = child.stdin.take();
         let deadline = Instant::now() + self.timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(st)) => break st,
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Ok((Status::Deferred, format!("{prog} timed out after {}s", self.timeout.as_secs())));
+        let waited = std::thread::scope(|scope| {
+            let writer = scope.spawn(move || -> io::Result<()> {
+                let Some(mut stdin) = stdin else { return Ok(()) };
+                writeln!(stdin, "{}", msg.received)?;
+                io::copy(&mut msg.body(), &mut stdin).map(|_| ())
+            });
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(st)) => break Ok(Some(st)),
+                    Ok(None) if Instant::now() >= deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break Ok(None);
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break Err(format!("cannot wait for {prog}: {e}"));
+                    }
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => return Err(format!("cannot wait for {prog}: {e}")),
+            };
+            let written = writer.join().unwrap_or_else(|_| Err(io::Error::other("writer failed")));
+            (status, written)
+        });
+        let status = match waited {
+            (Err(e), _) => return Err(e),
+            (Ok(None), _) => {
+                return Ok((Status::Deferred, format!("{prog} timed out after {}s", self.timeout.as_secs())));
             }
+            (Ok(Some(st)), Err(e)) if st.success() && e.kind() != io::ErrorKind::BrokenPipe => {
+                return Ok((Status::Deferred, format!("cannot write the message to {prog}: {e}")));
+            }
+            (Ok(Some(st)), _) => st,
         };
         let err = err_reader.join().unwrap_or_default();
         let first = String::from_utf8_lossy(&err).lines().next().unwrap_or("").chars().take(400).collect::<String>();

@@ -51,7 +51,7 @@ pub fn flush(store: &Store, ids: &[String]) -> Result<usize, Error> {
         if ids.is_empty() { store.list(Queue::Deferred).unwrap_or_default() } else { ids.to_vec() };
     let mut n = 0;
     for id in &targets {
-        if store.stat(Queue::Deferred, id).is_err() {
+        if inventory::locate(store, id) != Some(Queue::Deferred) {
             if !ids.is_empty() {
                 return Err(Error::new(
                     format!("{} is not deferred", escape(id.as_bytes())),
@@ -88,8 +88,9 @@ pub fn apply(store: &Store, limits: &outq_spool::entry::Limits, id: &str, action
     }
     match (action, q) {
         (Action::Hold, Queue::New | Queue::Deferred) => {
-            let mut st =
-                state_of(store, id).or_else(|| fresh(store, q, id, limits)).unwrap_or_else(|| State::fresh(&[]));
+            let mut st = state_of(store, id)
+                .or_else(|| fresh(store, q, id, limits))
+                .ok_or_else(|| Error::new(format!("{shown} cannot be read"), "see 'outq show --json {shown}'"))?;
             st.hold = Some("held by the operator".into());
             store.write_state(id, &st).map_err(|e| fail(id, "write its state", e))?;
             store.rename(q, Queue::Hold, id).map_err(|e| fail(id, "hold it", e))?;

@@ -73,7 +73,10 @@ fn status_word(s: RcptStatus) -> &'static str {
 /// Read entry `name` in `q` for display.
 pub fn view(store: &Store, q: Queue, name: &str, limits: &Limits) -> EntryView {
     let size_on_disk = store.stat(q, name).map(|st| u64::try_from(st.st_size).unwrap_or(0)).unwrap_or(0);
-    let arrival_from_id = QueueId::parse(name).map(|i| i.arrival_secs()).unwrap_or(0);
+    let arrival_from_id = QueueId::parse(name)
+        .map(|i| i.arrival_secs())
+        .or_else(|| store.stat(q, name).ok().and_then(|st| u64::try_from(st.st_mtime).ok()))
+        .unwrap_or(0);
     let state = store.read_state(name).ok().flatten();
     let mut v = EntryView {
         id: outq_spool::log::escape(name.as_bytes()),
@@ -128,7 +131,7 @@ pub fn all(store: &Store, queues: &[Queue], limits: &Limits) -> Vec<EntryView> {
     out
 }
 
-/// Find which queue holds `id`.
+/// Find which queue holds `id` (a name with a `/`, or `.` or `..`, is never an entry).
 pub fn locate(store: &Store, id: &str) -> Option<Queue> {
-    VISIBLE.iter().copied().find(|&q| store.stat(q, id).is_ok())
+    VISIBLE.iter().copied().find(|&q| !matches!(id, "" | "." | "..") && !id.contains('/') && store.stat(q, id).is_ok())
 }

@@ -53,7 +53,7 @@ fn become_owner(root: &Path) -> Result<(), Error> {
         .map_err(|e| Error::temp(format!("{}: {}", root.display(), e.desc()), "create it with 'outq init'"))?;
     let owner = Uid::from_raw(st.st_uid);
     let me = geteuid();
-    if me == owner {
+    if me == owner && !owner.is_root() {
         return Ok(());
     }
     let name = User::from_uid(owner).ok().flatten();

@@ -45,6 +45,12 @@ impl Read for Message<'_> {
     }
 }
 
+/// A header byte as printed: printable ASCII, tab and UTF-8 pass; other
+/// control bytes become `\xNN`.
+fn shown_byte(b: u8) -> Vec<u8> {
+    if b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80 { vec![b] } else { format!("\\x{b:02x}").into_bytes() }
+}
+
 pub fn run(o: &super::Opened, id: &str, part: Part) -> Result<(), Error> {
     let q = inventory::locate(&o.store, id)
         .ok_or_else(|| Error::new(format!("no entry {}", outq_spool::log::escape(id.as_bytes())), "see 'outq list'"))?;
@@ -98,7 +104,12 @@ pub fn run(o: &super::Opened, id: &str, part: Part) -> Result<(), Error> {
                     break;
                 }
                 if part != Part::Body {
-                    out.write_all(&line).map_err(io)?;
+                    // Header lines go to a terminal: escape what could
+                    // control it (--raw prints the bytes as they are).
+                    let text = line.strip_suffix(b"\n").unwrap_or(&line);
+                    let text = text.strip_suffix(b"\r").unwrap_or(text);
+                    let shown: Vec<u8> = text.iter().flat_map(|&b| shown_byte(b)).collect();
+                    out.write_all(&shown).and_then(|()| out.write_all(b"\n")).map_err(io)?;
                 }
             }
             if part == Part::Body {

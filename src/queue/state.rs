@@ -174,21 +174,33 @@ impl State {
 
 fn parse_rcpt(line: &str) -> Result<Rcpt, String> {
     let rest = line.strip_prefix("rcpt <").ok_or("expected rcpt")?;
-    // The address cannot contain "> " outside a quoted local part; the
-    // last "> " before the status word ends it.
-    let (status, cut) = ["> pending ", "> sent ", "> failed "]
-        .iter()
-        .filter_map(|w| rest.rfind(w).map(|i| (*w, i)))
-        .max_by_key(|(_, i)| *i)
-        .ok_or("rcpt without status")?;
-    let address = Mailbox::parse(rest.get(..cut).unwrap_or("").as_bytes()).map_err(|e| format!("rcpt: {e}"))?;
-    let reply = rest.get(cut + status.len()..).unwrap_or("").to_owned();
-    let status = match status {
-        "> pending " => RcptStatus::Pending,
-        "> sent " => RcptStatus::Sent,
-        _ => RcptStatus::Failed,
+    // Find the address's closing '>' from the left, by the address grammar:
+    // a quoted local part is skipped as a whole (it may hold "> "), and a
+    // domain never contains '>'. The reply that follows may hold anything.
+    let bytes = rest.as_bytes();
+    let mut i = 0;
+    if bytes.first() == Some(&b'"') {
+        i = 1;
+        loop {
+            match bytes.get(i) {
+                Some(b'\\') => i += 2,
+                Some(b'"') => break,
+                Some(_) => i += 1,
+                None => return Err("rcpt: unterminated quoted local part".into()),
+            }
+        }
+    }
+    let close = rest.get(i..).and_then(|r| r.find('>')).map(|j| i + j).ok_or("rcpt: no closing '>'")?;
+    let address = Mailbox::parse(rest.get(..close).unwrap_or("").as_bytes()).map_err(|e| format!("rcpt: {e}"))?;
+    let after = rest.get(close + 1..).unwrap_or("");
+    let (word, reply) = after.strip_prefix(' ').and_then(|a| a.split_once(' ')).ok_or("rcpt without status")?;
+    let status = match word {
+        "pending" => RcptStatus::Pending,
+        "sent" => RcptStatus::Sent,
+        "failed" => RcptStatus::Failed,
+        _ => return Err(format!("rcpt: unknown status {word:?}")),
     };
-    Ok(Rcpt { address, status, reply })
+    Ok(Rcpt { address, status, reply: reply.to_owned() })
 }
 
 /// Escape an untrusted text (a server's reply) for the state file and logs.
@@ -228,6 +240,15 @@ mod tests {
         assert_eq!(back.count(RcptStatus::Sent), 1);
         assert_eq!(back.last_error, one_line("451 4.3.0 later\r\ninjected"));
         assert_eq!(State::parse(&back.encode()).unwrap(), back);
+    }
+
+    #[test]
+    fn replies_that_look_like_status_words_round_trip() {
+        let mut s = State::fresh(&[addr("a@example.org"), addr("\"x> sent y\"@example.org")]);
+        s.recipients[0].reply = one_line("550 <a@example.org> sent > failed mailbox");
+        s.recipients[1].reply = one_line("451 > pending > sent ");
+        let back = State::parse(&s.encode()).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]

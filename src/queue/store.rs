@@ -145,17 +145,42 @@ impl Store {
     }
 
     /// The names in a queue directory (without `.` and `..`).
+    ///
+    /// Only our own names (queue IDs) are ever valid, and they are ASCII.
+    /// A name that is not UTF-8 cannot be handled as text, so it is moved
+    /// to `corrupt/` under a name of ours here, by its raw bytes.
     pub fn list(&self, q: Queue) -> Result<Vec<String>, Errno> {
         let fd = openat(self.dir(q).as_fd(), ".", DIR_FLAGS, Mode::empty())?;
         let mut dir = Dir::from_fd(fd)?;
         let mut names = Vec::new();
+        let mut raw_names = Vec::new();
         for ent in dir.iter() {
             let ent = ent?;
-            let name = ent.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
+            let name = ent.file_name();
+            match name.to_bytes() {
+                b"." | b".." => {}
+                bytes => match std::str::from_utf8(bytes) {
+                    Ok(s) => names.push(s.to_owned()),
+                    Err(_) => raw_names.push((name.to_owned(), ent.ino())),
+                },
             }
-            names.push(String::from_utf8_lossy(name).into_owned());
+        }
+        for (raw, ino) in raw_names {
+            let target = format!("non-utf8-name.{ino}");
+            let done = renameat2(
+                self.dir(q).as_fd(),
+                raw.as_c_str(),
+                self.dir(Queue::Corrupt).as_fd(),
+                target.as_str(),
+                RenameFlags::RENAME_NOREPLACE,
+            );
+            if done.is_ok() {
+                crate::logging::warning(&format!(
+                    "{}: moved from {}/ to corrupt/{target}: the name is not UTF-8",
+                    outq_spool::log::escape(raw.as_bytes()),
+                    q.name()
+                ));
+            }
         }
         Ok(names)
     }

@@ -32,6 +32,14 @@ fn holder(file: &mut File) -> Option<u32> {
     s.trim().parse().ok()
 }
 
+/// Record our pid in the lock we now hold.
+fn locked(mut lock: Flock<File>) -> QueueLock {
+    let _ = lock.set_len(0);
+    let _ = lock.seek(SeekFrom::Start(0));
+    let _ = writeln!(lock, "{}", std::process::id());
+    QueueLock { _lock: lock }
+}
+
 /// Take the queue lock or explain who holds it (exit 75).
 pub fn acquire(store: &Store) -> Result<QueueLock, Error> {
     let flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
@@ -42,13 +50,21 @@ pub fn acquire(store: &Store) -> Result<QueueLock, Error> {
     if !outq_spool::fs::is_regular(&st) {
         return Err(Error::temp(format!("{shown} is not a regular file"), "remove it and run 'outq init'"));
     }
-    match Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            let _ = lock.set_len(0);
-            let _ = lock.seek(SeekFrom::Start(0));
-            let _ = writeln!(lock, "{}", std::process::id());
-            Ok(QueueLock { _lock: lock })
+    // `outq status` takes the lock shared for an instant to see whether a
+    // runner holds it; retry for a moment so that cannot stop a start.
+    let mut file = File::from(fd);
+    for _ in 0..20 {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(locked(lock)),
+            Err((f, Errno::EWOULDBLOCK)) => file = f,
+            Err((_, e)) => {
+                return Err(Error::temp(format!("cannot lock {shown}: {}", e.desc()), "check the spool filesystem"));
+            }
         }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(locked(lock)),
         Err((mut file, Errno::EWOULDBLOCK)) => {
             let pid = holder(&mut file).map(|p| format!("pid {p}")).unwrap_or_else(|| "unknown pid".into());
             Err(Error::temp(

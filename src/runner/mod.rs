@@ -169,7 +169,7 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode, Error> {
     logging::info(&format!("runner started on {} (pid {})", root.display(), std::process::id()));
     if opts.once {
         runner.pass(true);
-        runner.drain_all();
+        runner.drain_all(&sigfd);
     } else {
         runner.daemon(opts, &sigfd)?;
     }
@@ -302,10 +302,12 @@ impl Runner {
             }
         };
         let state = match self.store.read_state(name) {
-            Ok(Some(st)) => st,
+            // An entry being delivered is not held, whatever a racing
+            // `outq hold` wrote before its rename failed.
+            Ok(Some(st)) => State { hold: None, ..st },
             Ok(None) => State::fresh(&entry.parsed.header.recipients),
             Err(e) => {
-                logging::warning(&format!("{name}: {e}; quarantined"));
+                logging::warning(&format!("{e}; quarantined"));
                 recover::quarantine(&self.store, Queue::Active, name, "unreadable state");
                 return None;
             }
@@ -322,9 +324,16 @@ impl Runner {
         }
     }
 
-    /// Wait until every claimed and ready entry is done (`--once`).
-    fn drain_all(&mut self) {
+    /// Wait until every claimed and ready entry is done (`--once`), or a
+    /// termination signal arrives (then stop as the daemon does).
+    fn drain_all(&mut self, sigfd: &SignalFd) {
         loop {
+            if let Ok(Some(info)) = sigfd.read_signal() {
+                if info.ssi_signo != Signal::SIGHUP as u32 {
+                    logging::info("stopping on signal");
+                    return;
+                }
+            }
             self.reap();
             self.dispatch();
             if self.in_flight.is_empty() && self.ready.is_empty() {

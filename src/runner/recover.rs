@@ -55,10 +55,16 @@ pub fn recover_active(store: &Store, s: &Settings) -> usize {
         }
         state.recoveries = state.recoveries.saturating_add(1);
         state.next_attempt = now();
-        let to = if state.hold.is_some() {
+        let interrupted = |n: u32| format!("interrupted delivery {n} times");
+        let to = if state.hold.as_deref().is_some_and(|h| h.starts_with("interrupted delivery")) {
+            // A previous recovery died between writing the hold and moving
+            // the entry: keep the count and the reason in step.
+            state.hold = Some(interrupted(state.recoveries));
+            Queue::Hold
+        } else if state.hold.is_some() {
             Queue::Hold
         } else if state.recoveries >= MAX_RECOVERIES {
-            state.hold = Some(format!("interrupted delivery {} times", state.recoveries));
+            state.hold = Some(interrupted(state.recoveries));
             Queue::Hold
         } else {
             Queue::Deferred
@@ -101,7 +107,13 @@ pub fn sweep(store: &Store, s: &Settings) {
         }
     }
     for name in store.list(Queue::Failed).unwrap_or_default() {
-        if old(Queue::Failed, &name, s.runner.failed_max_age.as_secs()) && store.unlink(Queue::Failed, &name).is_ok() {
+        // Age counts from the failure: the state file's mtime is set then.
+        let failed_at = store.due_time(&name);
+        let too_old = match failed_at {
+            Some(at) => t.saturating_sub(at) > s.runner.failed_max_age.as_secs(),
+            None => old(Queue::Failed, &name, s.runner.failed_max_age.as_secs()),
+        };
+        if too_old && store.unlink(Queue::Failed, &name).is_ok() {
             let _ = store.remove_state(&name);
             logging::info(&format!(
                 "{}: removed from failed/ (older than failed_max_age)",

@@ -2,7 +2,8 @@
 The manual pages in `man/` must agree with the code they describe.
 
 - `outq.conf(5)` documents exactly the keys of `outq_spool::config::KEYS`,
-  each as a `.It Cm key` item of its KEYS section;
+  each as a `.It Cm key` item of its KEYS section, and exactly the keys of
+  `outq::config::RUNNER_KEYS` in its RUNNER KEYS section;
 - `outq-enqueue(8)` lists exactly the codes of `outq_spool::exit::Code::ALL`
   as `.It N` items of its EXIT STATUS section;
 - `outq-spool(5)` has a row `.It Pa NAME Ta OWNER Ta MODE Ta ...` for every
@@ -18,6 +19,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 
+use outq::config::RUNNER_KEYS;
 use outq_spool::config::{DEFAULT_SPOOL, KEYS};
 use outq_spool::exit::Code;
 use outq_spool::layout::{GroupRole, Kind, PARTS};
@@ -47,19 +49,52 @@ fn sections(text: &str) -> Vec<&str> {
     text.lines().filter_map(|l| l.strip_prefix(".Sh ")).map(str::trim_end).collect()
 }
 
+/// The keys a section documents: the first word of each `.It Cm` item of
+/// its outermost lists. Items of a list nested in a key's description (the
+/// values of `starttls`, say) are not keys.
+fn documented_keys<'a>(text: &'a str, title: &str) -> BTreeSet<&'a str> {
+    let mut depth = 0usize;
+    let mut keys = BTreeSet::new();
+    for line in section(text, title) {
+        if line.starts_with(".Bl ") {
+            depth += 1;
+        } else if line.trim_end() == ".El" {
+            depth = depth.saturating_sub(1);
+        } else if depth == 1 {
+            if let Some(key) = line.strip_prefix(".It Cm ").and_then(|rest| rest.split_whitespace().next()) {
+                keys.insert(key);
+            }
+        }
+    }
+    keys
+}
+
 #[test]
 fn every_config_key_is_documented_and_only_those() {
     let text = page("outq.conf.5");
-    let documented: BTreeSet<&str> = section(&text, "KEYS")
-        .into_iter()
-        .filter_map(|l| l.strip_prefix(".It Cm "))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .collect();
+    let documented = documented_keys(&text, "KEYS");
     let known: BTreeSet<&str> = KEYS.iter().map(|(k, _)| *k).collect();
     let undocumented: Vec<_> = known.difference(&documented).collect();
     let unknown: Vec<_> = documented.difference(&known).collect();
     assert!(undocumented.is_empty(), "keys in config::KEYS missing from outq.conf(5) KEYS: {undocumented:?}");
     assert!(unknown.is_empty(), "outq.conf(5) documents keys that config::KEYS does not have: {unknown:?}");
+}
+
+#[test]
+fn every_runner_key_is_documented_and_only_those() {
+    let text = page("outq.conf.5");
+    let documented = documented_keys(&text, "RUNNER KEYS");
+    let known: BTreeSet<&str> = RUNNER_KEYS.iter().map(|(k, _)| *k).collect();
+    let undocumented: Vec<_> = known.difference(&documented).collect();
+    let unknown: Vec<_> = documented.difference(&known).collect();
+    assert!(
+        undocumented.is_empty(),
+        "keys in config::RUNNER_KEYS missing from outq.conf(5) RUNNER KEYS: {undocumented:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "outq.conf(5) RUNNER KEYS documents keys that config::RUNNER_KEYS does not have: {unknown:?}"
+    );
 }
 
 #[test]

@@ -16,5 +16,7 @@ mod bounce;
 mod docs;
 mod enqueue;
 mod privileged;
+mod runner;
+mod sendmail;
 mod smtp;
 mod support;

@@ -489,3 +489,115 @@ pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) 
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+// ---------------------------------------------------------------------------
+// outq-sendmail: a development spool with a configuration naming the built
+// helper, in a directory whose ancestors are trusted even when the tests
+// run as root (unlike /tmp, which outq-sendmail refuses to trust as root).
+
+impl DevSpool {
+    /// Like [`DevSpool::new`], in a fresh directory under `parent`.
+    pub fn new_in(parent: &Path) -> DevSpool {
+        let dir = tempfile::Builder::new().prefix("outq-test-").tempdir_in(parent).unwrap();
+        let root = dir.path().join("spool");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for p in outq_spool::layout::PARTS.iter().filter(|p| !p.name.is_empty()) {
+            let path = root.join(p.name);
+            match p.kind {
+                outq_spool::layout::Kind::Dir => std::fs::create_dir(&path).unwrap(),
+                outq_spool::layout::Kind::File => drop(std::fs::File::create(&path).unwrap()),
+            }
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(p.mode)).unwrap();
+        }
+        DevSpool { dir }
+    }
+}
+
+/// A spool, a configuration (`-C`) for outq-sendmail naming it and the
+/// built helper, with `myhostname = host.example`.
+pub struct SendmailSpool {
+    pub spool: DevSpool,
+    pub config: PathBuf,
+}
+
+pub const SENDMAIL_HOST: &str = "host.example";
+
+impl SendmailSpool {
+    pub fn new() -> SendmailSpool {
+        SendmailSpool::with(&bin("outq-enqueue"), "")
+    }
+
+    /// With `helper` as enqueue_program and `extra` configuration lines.
+    pub fn with(helper: &Path, extra: &str) -> SendmailSpool {
+        let spool = DevSpool::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")));
+        let text = format!(
+            "spool_directory = {}\nspool_min_free = 0\nmyhostname = {SENDMAIL_HOST}\nenqueue_program = {}\n{extra}",
+            spool.root().display(),
+            helper.display()
+        );
+        let config = spool.write_config(&text);
+        SendmailSpool { spool, config }
+    }
+
+    /// `outq-sendmail -C CONFIG`.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin("outq-sendmail"));
+        c.arg("-C").arg(&self.config);
+        c
+    }
+
+    /// The same as a shell command line, for programs that run their
+    /// mailer through `sh -c`.
+    pub fn shell_cmd(&self) -> String {
+        format!("'{}' -C '{}'", bin("outq-sendmail").display(), self.config.display())
+    }
+
+    /// Every committed entry, parsed.
+    pub fn entries(&self) -> Vec<(outq_spool::entry::Header, Vec<u8>)> {
+        let limits = outq_spool::entry::Limits { max_recipients: 1000, max_size: 100_000_000 };
+        self.spool
+            .names("new")
+            .iter()
+            .map(|n| {
+                let data = std::fs::read(self.spool.root().join("new").join(n)).unwrap();
+                let (h, body) = outq_spool::entry::parse_bytes(&data, &limits).unwrap();
+                (h, body.to_vec())
+            })
+            .collect()
+    }
+
+    /// The one committed entry: envelope sender, recipients, message.
+    #[track_caller]
+    pub fn only_entry(&self) -> (String, Vec<String>, Vec<u8>) {
+        let mut all = self.entries();
+        assert_eq!(all.len(), 1, "expected one entry in new/, found {}", all.len());
+        let (h, body) = all.remove(0);
+        let rcpts = h.recipients.iter().map(|r| r.as_str().to_owned()).collect();
+        (h.sender.as_str().to_owned(), rcpts, body)
+    }
+}
+
+/// The login of the real uid (the default sender's local part).
+pub fn my_login() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid()).unwrap().unwrap().name
+}
+
+/// Whether `program` is on PATH; when it is not, [`report_missing`].
+pub fn have_program(program: &str, test: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|d| d.join(program).is_file()) {
+        return true;
+    }
+    report_missing(program, test);
+    false
+}
+
+/// A program a test needs is missing: print a visible skip line, or fail
+/// with `OUTQ_REQUIRE_PRIVILEGED=1` (CI installs it).
+pub fn report_missing(program: &str, test: &str) {
+    if std::env::var_os("OUTQ_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
+        panic!("{test}: {program} is not installed and OUTQ_REQUIRE_PRIVILEGED=1 (.ci/run installs it)");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED ({program} not installed): {test}");
+}
