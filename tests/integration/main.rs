@@ -15,6 +15,7 @@ outq's integration tests: one binary that runs the real programs.
 mod bounce;
 mod docs;
 mod enqueue;
+mod ops;
 mod privileged;
 mod runner;
 mod sendmail;
