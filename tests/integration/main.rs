@@ -14,7 +14,10 @@ outq's integration tests: one binary that runs the real programs.
 
 mod bounce;
 mod docs;
+mod e2e;
 mod enqueue;
+mod faults;
+mod install;
 mod ops;
 mod privileged;
 mod runner;

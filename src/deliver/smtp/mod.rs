@@ -225,7 +225,7 @@ impl Smtp {
                 match self.setup(target, addr, creds.as_ref(), true) {
                     Ok(s) => return Ok(s),
                     Err(SetupError::Tls(why)) if self.starttls == StartTls::Opportunistic => {
-                        outq_spool::log::warning(&format!(
+                        crate::logging::warning(&format!(
                             "{}; trying again without TLS (starttls = opportunistic)",
                             outq_spool::log::escape(why.as_bytes())
                         ));
@@ -277,7 +277,7 @@ impl Smtp {
                 } else {
                     // The refusal leaves the session as it was: go on in
                     // the clear on the same connection.
-                    outq_spool::log::warning(&outq_spool::log::escape(
+                    crate::logging::warning(&outq_spool::log::escape(
                         format!(
                             "{relay} refused STARTTLS: {}; going on without TLS (starttls = opportunistic)",
                             r.text

@@ -1,0 +1,12 @@
+# Convenience targets; the real work is in install/ and cargo.
+.PHONY: all install uninstall check test
+all:
+	cargo build --release --workspace
+install:
+	$(MAKE) -C install install
+uninstall:
+	$(MAKE) -C install uninstall
+check:
+	$(MAKE) -C install check
+test:
+	cargo build --workspace && cargo test --workspace

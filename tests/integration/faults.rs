@@ -1,0 +1,1288 @@
+/*!
+The runner's SMTP fault matrix: the real `outq run --once` against a
+scriptable SMTP server on loopback, one case per way a relay can fail.
+
+For each case a message is submitted to a fresh spool (made by `outq init`,
+owned by the runner's account: the current user, or `nobody` when the tests
+run as root, every program then started through `setpriv`), and the runner
+is run once against a server misbehaving as scripted. The test checks, from
+the runner's log and the state file (`state/ID`: `rcpt <ADDR>
+sent|pending|failed REPLY`), each recipient's outcome, where the entry
+ended (removed, `deferred/`, `failed/`), and that the state file is exactly
+the sum of the attempts. Then the server is healed (or the configuration
+fixed), the entry made due (its state file's mtime is its next attempt),
+and the runner run again: exactly the pending recipients must be retried.
+A last run delivers the failure notices the runner queued for the sender.
+
+The server records every transaction it accepted (RCPT 2xx, then 2xx to
+the end of the data): each recipient must have been accepted exactly once
+if it ended `sent`, never otherwise, so nothing accepted is sent twice.
+
+The table printed at the end (`--nocapture`) summarises each case.
+
+`runner_log_stderr_carries_transport_warnings` checks, separately, that a
+warning of the SMTP transport (a STARTTLS downgrade) reaches the log the
+runner was started with (`--log stderr`).
+*/
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rustls::pki_types::PrivateKeyDer;
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
+use crate::support::{Ran, bin, list, run_timeout};
+
+/// Upper bound for one program run; a run takes well under a second except
+/// in the timeout cases (2 s).
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+const DOMAIN: &str = "faults.test";
+const SENDER: &str = "sender@faults.test";
+const MYHOSTNAME: &str = "client.faults.test";
+
+const QUEUES: [&str; 8] = ["tmp", "new", "active", "deferred", "hold", "failed", "corrupt", "state"];
+
+// ---------------------------------------------------------------------------
+// The server
+
+/// What the server does about one command while faulty.
+enum Act {
+    /// Send these reply lines (CRLF-separated; the last CRLF is added).
+    Reply(String),
+    /// Drop the connection without a word.
+    Close,
+    /// Never answer; read until the client gives up.
+    Hang,
+    /// What a well-behaved server does.
+    Default,
+}
+
+/// Consulted, while the server is faulty, for every command line (without
+/// CRLF), for the greeting as `GREETING` and for the end of the data as `.`.
+type Script = Arc<dyn Fn(&str) -> Act + Send + Sync>;
+
+#[derive(Clone)]
+struct Opts {
+    /// EHLO keywords after the host name (STARTTLS hidden once TLS is up).
+    extensions: Vec<String>,
+    tls: Option<Arc<ServerConfig>>,
+    /// MAIL is refused with 530 before STARTTLS.
+    require_tls: bool,
+    /// Credentials required before MAIL (530 until given).
+    auth: Option<(String, String)>,
+    /// While faulty: drop the connection after this many bytes of data.
+    close_in_data_after: Option<usize>,
+    script: Script,
+}
+
+impl Default for Opts {
+    fn default() -> Opts {
+        Opts {
+            extensions: vec!["PIPELINING".into(), "ENHANCEDSTATUSCODES".into(), "8BITMIME".into()],
+            tls: None,
+            require_tls: false,
+            auth: None,
+            close_in_data_after: None,
+            script: Arc::new(|_| Act::Default),
+        }
+    }
+}
+
+/// One connection.
+#[derive(Debug, Clone, Default)]
+struct Conversation {
+    commands: Vec<String>,
+    tls: bool,
+    authenticated: bool,
+}
+
+/// One transaction the server accepted: it answered 2xx to the end of the
+/// data, for these recipients (those it answered 2xx to RCPT).
+#[derive(Debug, Clone)]
+struct Accepted {
+    sender: String,
+    rcpts: Vec<String>,
+    data: Vec<u8>,
+    tls: bool,
+}
+
+#[derive(Debug, Default)]
+struct Record {
+    conversations: Vec<Conversation>,
+    accepted: Vec<Accepted>,
+}
+
+struct Server {
+    addr: SocketAddr,
+    healed: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    record: Arc<Mutex<Record>>,
+}
+
+impl Server {
+    fn start(opts: Opts) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let healed = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let record = Arc::new(Mutex::new(Record::default()));
+        let (h, s, r) = (healed.clone(), stop.clone(), record.clone());
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(tcp) = tcp else { continue };
+                let healed = h.load(Ordering::SeqCst);
+                let idx = {
+                    let mut rec = r.lock().unwrap();
+                    rec.conversations.push(Conversation::default());
+                    rec.conversations.len() - 1
+                };
+                let (opts, record) = (opts.clone(), r.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(tcp, &opts, &record, idx, healed);
+                });
+            }
+        });
+        Server { addr, healed, stop, record }
+    }
+
+    /// From now on, behave: the script is no longer consulted.
+    fn heal(&self) {
+        self.healed.store(true, Ordering::SeqCst);
+    }
+
+    fn relay(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// The relay as the runner names it.
+    fn name(&self) -> String {
+        format!("127.0.0.1[127.0.0.1]:{}", self.addr.port())
+    }
+
+    fn conversations(&self) -> Vec<Conversation> {
+        self.record.lock().unwrap().conversations.clone()
+    }
+
+    fn accepted(&self) -> Vec<Accepted> {
+        self.record.lock().unwrap().accepted.clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Wake the accept loop so that it sees the flag and ends.
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
+    Gone,
+}
+
+impl Read for Io {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Io::Plain(s) => s.read(buf),
+            Io::Tls(s) => s.read(buf),
+            Io::Gone => Ok(0),
+        }
+    }
+}
+
+impl Write for Io {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Io::Plain(s) => s.write(buf),
+            Io::Tls(s) => s.write(buf),
+            Io::Gone => Err(io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Io::Plain(s) => s.flush(),
+            Io::Tls(s) => s.flush(),
+            Io::Gone => Ok(()),
+        }
+    }
+}
+
+struct Peer<'a> {
+    io: Io,
+    buf: Vec<u8>,
+    record: &'a Mutex<Record>,
+    idx: usize,
+}
+
+impl Peer<'_> {
+    fn note(&self, f: impl FnOnce(&mut Conversation)) {
+        f(&mut self.record.lock().unwrap().conversations[self.idx]);
+    }
+
+    /// One line with its line end, or None at the end of the stream.
+    fn line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(lf) = self.buf.iter().position(|&b| b == b'\n') {
+                return Some(self.buf.drain(..=lf).collect());
+            }
+            let mut chunk = [0u8; 16384];
+            match self.io.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn send(&mut self, reply: &str) -> io::Result<()> {
+        self.io.write_all(format!("{reply}\r\n").as_bytes())?;
+        self.io.flush()
+    }
+
+    fn upgrade(&mut self, config: &Arc<ServerConfig>) {
+        if let Io::Plain(tcp) = std::mem::replace(&mut self.io, Io::Gone) {
+            let conn = ServerConnection::new(Arc::clone(config)).unwrap();
+            self.io = Io::Tls(Box::new(StreamOwned::new(conn, tcp)));
+            self.note(|c| c.tls = true);
+        }
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self.io, Io::Tls(_))
+    }
+
+    fn hang(&mut self) {
+        let _ = io::copy(&mut self.io, &mut io::sink());
+    }
+}
+
+/// The address between `<` and `>` of a MAIL or RCPT line.
+fn path_of(line: &str) -> String {
+    let start = line.find('<').map_or(line.len(), |i| i + 1);
+    let end = line[start..].find('>').map_or(line.len(), |i| start + i);
+    line[start..end].to_owned()
+}
+
+fn serve(tcp: TcpStream, opts: &Opts, record: &Mutex<Record>, idx: usize, healed: bool) -> io::Result<()> {
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut p = Peer { io: Io::Plain(tcp), buf: Vec::new(), record, idx };
+    let script = |line: &str| if healed { Act::Default } else { (opts.script)(line) };
+    match script("GREETING") {
+        Act::Reply(r) => p.send(&r)?,
+        Act::Default => p.send("220 mx.faults.test ESMTP outq fault server")?,
+        Act::Close => return Ok(()),
+        Act::Hang => {
+            p.hang();
+            return Ok(());
+        }
+    }
+    let mut authenticated = false;
+    // The open transaction: sender and accepted recipients.
+    let mut tx: Option<(String, Vec<String>)> = None;
+    while let Some(line) = p.line() {
+        let cmd = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_owned();
+        p.note(|c| c.commands.push(cmd.clone()));
+        let upper = cmd.to_ascii_uppercase();
+        let verb = upper.split([' ', ':']).next().unwrap_or("").to_owned();
+        let reply = match script(&cmd) {
+            Act::Reply(r) => r,
+            Act::Close => return Ok(()),
+            Act::Hang => {
+                p.hang();
+                return Ok(());
+            }
+            Act::Default => {
+                if verb == "AUTH" {
+                    authenticated = authenticate(&mut p, opts, &cmd)?;
+                    p.note(|c| c.authenticated = authenticated);
+                    continue;
+                }
+                default_reply(opts, &verb, p.is_tls(), authenticated)
+            }
+        };
+        p.send(&reply)?;
+        let ok = reply.starts_with('2');
+        match verb.as_str() {
+            "STARTTLS" if reply.starts_with("220") => {
+                p.upgrade(opts.tls.as_ref().unwrap());
+                tx = None;
+            }
+            "QUIT" => return Ok(()),
+            "MAIL" if ok => tx = Some((path_of(&cmd), Vec::new())),
+            "RCPT" if ok => {
+                if let Some((_, rcpts)) = tx.as_mut() {
+                    rcpts.push(path_of(&cmd));
+                }
+            }
+            "RSET" | "EHLO" | "HELO" => tx = None,
+            "DATA" if reply.starts_with("354") => {
+                let mut data = Vec::new();
+                loop {
+                    let Some(l) = p.line() else { return Ok(()) };
+                    data.extend_from_slice(&l);
+                    if !healed && opts.close_in_data_after.is_some_and(|n| data.len() >= n) {
+                        return Ok(());
+                    }
+                    if l == b".\r\n" {
+                        break;
+                    }
+                }
+                let end = match script(".") {
+                    Act::Reply(r) => r,
+                    Act::Default => "250 2.0.0 Ok: queued".to_owned(),
+                    Act::Close => return Ok(()),
+                    Act::Hang => {
+                        p.hang();
+                        return Ok(());
+                    }
+                };
+                p.send(&end)?;
+                if let Some((sender, rcpts)) = tx.take().filter(|_| end.starts_with('2')) {
+                    let tls = p.is_tls();
+                    p.record.lock().unwrap().accepted.push(Accepted { sender, rcpts, data, tls });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// AUTH PLAIN (initial response) and AUTH LOGIN; answers 235 or 535.
+fn authenticate(p: &mut Peer<'_>, opts: &Opts, cmd: &str) -> io::Result<bool> {
+    let Some((user, pass)) = opts.auth.as_ref() else {
+        p.send("503 5.5.1 AUTH not offered")?;
+        return Ok(false);
+    };
+    let want = [b"\0".as_slice(), user.as_bytes(), b"\0", pass.as_bytes()].concat();
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    let given = match words.get(1).map(|m| m.to_ascii_uppercase()).as_deref() {
+        Some("PLAIN") => BASE64.decode(words.get(2).unwrap_or(&"")).unwrap_or_default(),
+        Some("LOGIN") => {
+            p.send("334 VXNlcm5hbWU6")?;
+            let u = p.line().unwrap_or_default();
+            p.send("334 UGFzc3dvcmQ6")?;
+            let w = p.line().unwrap_or_default();
+            let d = |l: &[u8]| BASE64.decode(l.trim_ascii_end()).unwrap_or_default();
+            [b"\0".as_slice(), &d(&u), b"\0", &d(&w)].concat()
+        }
+        _ => Vec::new(),
+    };
+    let ok = given == want;
+    p.send(if ok { "235 2.7.0 Authentication successful" } else { "535 5.7.8 Authentication credentials invalid" })?;
+    Ok(ok)
+}
+
+fn default_reply(opts: &Opts, verb: &str, tls: bool, authenticated: bool) -> String {
+    match verb {
+        "EHLO" => {
+            let mut lines = vec!["250-mx.faults.test".to_owned()];
+            let mut ext: Vec<String> = opts.extensions.iter().filter(|e| !(tls && *e == "STARTTLS")).cloned().collect();
+            if opts.auth.is_some() {
+                ext.push("AUTH PLAIN LOGIN".into());
+            }
+            lines.extend(ext.iter().map(|e| format!("250-{e}")));
+            let last = lines.pop().unwrap();
+            lines.push(last.replacen("250-", "250 ", 1));
+            lines.join("\r\n")
+        }
+        "HELO" => "250 mx.faults.test".into(),
+        "STARTTLS" if opts.tls.is_some() && !tls => "220 2.0.0 Ready to start TLS".into(),
+        "STARTTLS" => "454 4.7.0 TLS not available".into(),
+        "MAIL" if opts.require_tls && !tls => "530 5.7.0 Must issue a STARTTLS command first".into(),
+        "MAIL" if opts.auth.is_some() && !authenticated => "530 5.7.0 Authentication required".into(),
+        "MAIL" => "250 2.1.0 Ok".into(),
+        "RCPT" => "250 2.1.5 Ok".into(),
+        "DATA" => "354 End data with <CR><LF>.<CR><LF>".into(),
+        "RSET" | "NOOP" => "250 2.0.0 Ok".into(),
+        "QUIT" => "221 2.0.0 Bye".into(),
+        _ => "502 5.5.2 Error: command not recognized".into(),
+    }
+}
+
+/// Answers `RCPT TO:<rNNN@...>` with code NNN, other lines by default.
+fn rcpt_by_local_part(line: &str) -> Act {
+    match line.strip_prefix("RCPT TO:<r").and_then(|r| r.get(..3)).and_then(|c| c.parse::<u16>().ok()) {
+        Some(code) => Act::Reply(format!("{code} {}.1.0 r{code} answered {code}", code / 100)),
+        None => Act::Default,
+    }
+}
+
+/// A test CA (PEM), and a server configuration with a certificate it
+/// signed for 127.0.0.1 and localhost.
+fn pki() -> (String, Arc<ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.distinguished_name.push(DnType::CommonName, "outq fault matrix CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, "localhost");
+    let cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .unwrap();
+    (ca_cert.pem(), Arc::new(server))
+}
+
+// ---------------------------------------------------------------------------
+// The runner's installation
+
+/// A private spool made by `outq init`, owned by the account that runs
+/// the runner: the current user, or `nobody` when we are root.
+struct Dev {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    work: PathBuf,
+    spool: PathBuf,
+    config: PathBuf,
+    as_nobody: bool,
+    uid: u32,
+    gid: u32,
+}
+
+impl Dev {
+    fn new() -> Dev {
+        let dir = tempfile::Builder::new().prefix("oqt-faults-").tempdir_in("/tmp").unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let as_nobody = nix::unistd::geteuid().is_root();
+        let (uid, gid) = if as_nobody {
+            let u = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
+            (u.uid.as_raw(), u.gid.as_raw())
+        } else {
+            (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
+        };
+        let bin_dir = dir.path().join("bin");
+        std::fs::create_dir(&bin_dir).unwrap();
+        std::fs::set_permissions(&bin_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for name in ["outq", "outq-enqueue"] {
+            let to = bin_dir.join(name);
+            if std::fs::hard_link(bin(name), &to).is_err() {
+                std::fs::copy(bin(name), &to).unwrap();
+            }
+        }
+        let work = dir.path().join("work");
+        let spool = work.join("spool");
+        let config = dir.path().join("outq.conf");
+        let dev = Dev { bin: bin_dir, work: work.clone(), spool, config, as_nobody, uid, gid, dir };
+        std::fs::create_dir(&work).unwrap();
+        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dev.own(&work);
+        dev.configure("smtp://127.0.0.1:25", &[]);
+        let (spool, config) = (dev.spool.display().to_string(), dev.config.display().to_string());
+        let mut c = dev.cmd("outq");
+        c.args(["init", "--spool", &spool, "--config", &config]);
+        run_timeout(c, b"", TIMEOUT).assert_code(0);
+        dev
+    }
+
+    /// The configuration: `relay`, short timeouts, one connection, no
+    /// STARTTLS unless `settings` say otherwise.
+    fn configure(&self, relay: &str, settings: &[(&str, &str)]) {
+        let mut keys: BTreeMap<&str, String> = [
+            ("spool_min_free", "0"),
+            ("myhostname", MYHOSTNAME),
+            ("connections", "1"),
+            ("connect_timeout", "2s"),
+            ("command_timeout", "2s"),
+            ("data_timeout", "2s"),
+            ("starttls", "off"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_owned()))
+        .collect();
+        keys.insert("relay", relay.to_owned());
+        for (k, v) in settings {
+            keys.insert(k, (*v).to_owned());
+        }
+        let text: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        std::fs::write(&self.config, text).unwrap();
+        std::fs::set_permissions(&self.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    fn own(&self, path: &Path) {
+        if self.as_nobody {
+            std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid)).unwrap();
+        }
+    }
+
+    /// A file beside the configuration, readable by everyone.
+    fn public_file(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        p
+    }
+
+    /// A file owned by the runner's account with `mode`.
+    fn private_file(&self, name: &str, content: &str, mode: u32) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        self.own(&p);
+        p
+    }
+
+    /// A program from `bin/`, run as the runner's account.
+    fn cmd(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        let mut c = if self.as_nobody {
+            let mut c = Command::new("/usr/bin/setpriv");
+            c.arg(format!("--reuid={}", self.uid))
+                .arg(format!("--regid={}", self.gid))
+                .arg("--clear-groups")
+                .arg("--")
+                .arg(path);
+            c
+        } else {
+            Command::new(path)
+        };
+        c.env_clear().env("PATH", "/usr/bin:/bin").current_dir(&self.work);
+        c
+    }
+
+    #[track_caller]
+    fn submit(&self, rcpts: &[String], body: &[u8]) -> String {
+        let mut c = self.cmd("outq-enqueue");
+        c.arg("--spool").arg(&self.spool).arg("--config").arg(&self.config);
+        c.args(["-f", SENDER]).args(rcpts);
+        run_timeout(c, body, TIMEOUT).queue_id()
+    }
+
+    /// `outq run --once`, which must succeed; its log and how long it took.
+    #[track_caller]
+    fn run_once(&self) -> (String, Duration) {
+        let mut c = self.cmd("outq");
+        c.arg("run").arg("--once").arg("--spool").arg(&self.spool).arg("--config").arg(&self.config);
+        c.args(["--log", "stderr"]);
+        let t0 = Instant::now();
+        let r: Ran = run_timeout(c, b"", TIMEOUT);
+        let took = t0.elapsed();
+        r.assert_code(0);
+        (r.stderr, took)
+    }
+
+    fn names(&self, q: &str) -> Vec<String> {
+        list(&self.spool.join(q))
+    }
+
+    fn state(&self, id: &str) -> Option<String> {
+        std::fs::read_to_string(self.spool.join("state").join(id)).ok()
+    }
+
+    /// Make a deferred entry due: its state file's mtime is its next
+    /// attempt (what `touch -d '1 hour ago' state/ID` does).
+    fn make_due(&self, id: &str) {
+        let p = self.spool.join("state").join(id);
+        if p.exists() {
+            let past = SystemTime::now() - Duration::from_secs(3600);
+            std::fs::File::open(&p).unwrap().set_modified(past).unwrap();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One case
+
+/// Where an entry ended after a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Removed,
+    Deferred,
+    Failed,
+}
+
+impl Place {
+    fn label(self) -> &'static str {
+        match self {
+            Place::Removed => "removed",
+            Place::Deferred => "deferred/",
+            Place::Failed => "failed/",
+        }
+    }
+}
+
+/// What the log says happened to one recipient in one run.
+#[derive(Debug, Clone)]
+struct Attempt {
+    /// sent, deferred or failed.
+    word: String,
+    reply: String,
+}
+
+/// The attempts of entry `id` in `log`, by recipient.
+fn attempts(log: &str, id: &str) -> BTreeMap<String, Attempt> {
+    let head = format!("{id}: to=<");
+    let mut out = BTreeMap::new();
+    for line in log.lines() {
+        let Some((_, rest)) = line.split_once(&head) else { continue };
+        let Some((addr, rest)) = rest.split_once(">, ") else { continue };
+        let Some((_, rest)) = rest.split_once(", status=") else { continue };
+        let (word, reply) = rest.split_once(" (").unwrap_or((rest, ""));
+        let reply = reply.strip_suffix(')').unwrap_or(reply);
+        let a = Attempt { word: word.to_owned(), reply: reply.to_owned() };
+        assert!(out.insert(addr.to_owned(), a).is_none(), "{addr} attempted twice in one run:\n{log}");
+    }
+    out
+}
+
+/// The `rcpt` lines of a state file: address → (status, reply).
+fn state_rcpts(state: &str) -> BTreeMap<String, (String, String)> {
+    state
+        .lines()
+        .filter_map(|l| l.strip_prefix("rcpt <"))
+        .map(|l| {
+            let (addr, rest) = l.split_once("> ").unwrap();
+            let (status, reply) = rest.split_once(' ').unwrap_or((rest, ""));
+            (addr.to_owned(), (status.to_owned(), reply.to_owned()))
+        })
+        .collect()
+}
+
+fn addr(local: &str) -> String {
+    format!("{local}@{DOMAIN}")
+}
+
+/// One case in progress: the entry, what each recipient has come to, and
+/// the summaries for the table.
+struct Case<'a> {
+    dev: &'a Dev,
+    id: String,
+    rcpts: Vec<String>,
+    /// Cumulative: pending, sent or failed.
+    status: BTreeMap<String, &'static str>,
+    notices: Vec<String>,
+    runs: Vec<String>,
+    why: String,
+    /// Every run's log, for the notices' deliveries.
+    logs: String,
+}
+
+impl<'a> Case<'a> {
+    fn submit(dev: &'a Dev, locals: &[&str], body: &[u8]) -> Case<'a> {
+        let rcpts: Vec<String> = locals.iter().map(|l| addr(l)).collect();
+        let id = dev.submit(&rcpts, body);
+        let status = rcpts.iter().map(|r| (r.clone(), "pending")).collect();
+        Case { dev, id, rcpts, status, notices: Vec::new(), runs: Vec::new(), why: String::new(), logs: String::new() }
+    }
+
+    fn pending(&self) -> Vec<String> {
+        self.status.iter().filter(|(_, s)| **s == "pending").map(|(r, _)| r.clone()).collect()
+    }
+
+    /// Make the entry due, run the runner once, and check: exactly the
+    /// pending recipients were attempted, each with the expected word
+    /// (`sent`, `deferred`, `failed`) and a reply containing the text given;
+    /// the entry is at `place`; the state file is the sum of the attempts.
+    #[track_caller]
+    fn run(&mut self, place: Place, expect: &[(&str, &str, &str)]) -> String {
+        self.dev.make_due(&self.id);
+        let (log, took) = self.dev.run_once();
+        self.logs.push_str(&log);
+        let got = attempts(&log, &self.id);
+        let mut want_rcpts: Vec<String> = expect.iter().map(|(l, _, _)| addr(l)).collect();
+        want_rcpts.sort();
+        let tried: Vec<String> = got.keys().cloned().collect();
+        assert_eq!(tried, want_rcpts, "recipients attempted; log:\n{log}");
+        assert_eq!(tried, self.pending(), "the attempted recipients are not the pending ones; log:\n{log}");
+        for (local, word, reply) in expect {
+            let a = &got[&addr(local)];
+            assert_eq!(a.word, *word, "{local}: {a:?}\n{log}");
+            assert!(a.reply.contains(reply), "{local}: reply {:?} lacks {reply:?}\n{log}", a.reply);
+            let now = match *word {
+                "sent" => "sent",
+                "deferred" => "pending",
+                _ => "failed",
+            };
+            self.status.insert(addr(local), now);
+        }
+        // The reason shown in the table: a temporary failure's, else a
+        // permanent one's.
+        if self.why.is_empty() {
+            let pick = |w: &str| got.values().find(|a| a.word == w).map(|a| a.reply.clone());
+            self.why = pick("deferred").or_else(|| pick("failed")).unwrap_or_default();
+        }
+        // Where the entry went.
+        let id = &self.id;
+        let here = |q: &str| self.dev.names(q).contains(id);
+        let at = match (here("deferred"), here("failed")) {
+            (true, false) => Place::Deferred,
+            (false, true) => Place::Failed,
+            (false, false) => Place::Removed,
+            _ => panic!("{id} is in deferred/ and failed/"),
+        };
+        for q in ["new", "active", "hold", "corrupt", "tmp"] {
+            assert!(!here(q), "{id} is in {q}/; log:\n{log}");
+        }
+        assert_eq!(at, place, "where {id} ended; log:\n{log}");
+        match (at, self.dev.state(id)) {
+            (Place::Removed, None) => {
+                assert!(self.pending().is_empty() && !self.status.values().any(|s| *s == "failed"));
+                assert!(log.contains(&format!("{id}: removed (delivered)")), "{log}");
+            }
+            (Place::Removed, Some(s)) => panic!("{id} removed but its state remains:\n{s}"),
+            (_, None) => panic!("{id} is in {} without a state file", at.label()),
+            (_, Some(state)) => {
+                let lines = state_rcpts(&state);
+                let want: BTreeMap<String, String> =
+                    self.status.iter().map(|(r, s)| (r.clone(), s.to_string())).collect();
+                let have: BTreeMap<String, String> = lines.iter().map(|(r, (s, _))| (r.clone(), s.clone())).collect();
+                assert_eq!(have, want, "state file of {id}:\n{state}");
+                for (r, a) in &got {
+                    assert_eq!(lines[r].1, a.reply, "{r}: the state keeps the last reply:\n{state}");
+                }
+                let attempts = self.runs.len() + 1;
+                assert!(state.lines().any(|l| l == format!("attempts {attempts}")), "{state}");
+            }
+        }
+        // Failure notices queued for the sender.
+        let notice_head = format!("{id}: sender notification: ");
+        self.notices.extend(log.lines().filter_map(|l| l.split_once(&notice_head).map(|(_, n)| n.trim().to_owned())));
+        let gave_up = at == Place::Failed && self.runs.iter().all(|r| !r.starts_with("failed/"));
+        if gave_up {
+            assert_eq!(self.notices.len(), 1, "entry given up without one notice:\n{log}");
+        }
+        let summary = self.summary(at, took);
+        self.runs.push(summary);
+        log
+    }
+
+    /// `deferred/: sent a; pending b c; failed d (2.0s)`
+    fn summary(&self, at: Place, took: Duration) -> String {
+        let mut parts = Vec::new();
+        for s in ["sent", "pending", "failed"] {
+            let who: Vec<&str> =
+                self.rcpts.iter().filter(|r| self.status[*r] == s).map(|r| r.split('@').next().unwrap_or(r)).collect();
+            if !who.is_empty() {
+                parts.push(format!("{s} {}", who.join(" ")));
+            }
+        }
+        let slow =
+            if took >= Duration::from_secs(1) { format!(" ({:.1}s)", took.as_secs_f64()) } else { String::new() };
+        format!("{}: {}{slow}", at.label(), parts.join("; "))
+    }
+
+    /// A run in which nothing of this entry is due or left (a deferred
+    /// entry not yet due, a failed one): it is not attempted.
+    #[track_caller]
+    fn run_nothing(&mut self) {
+        let (log, _) = self.dev.run_once();
+        self.logs.push_str(&log);
+        assert!(attempts(&log, &self.id).is_empty(), "{} was attempted again:\n{log}", self.id);
+    }
+
+    /// Deliver the queued notices (a last run), then check the server's
+    /// record: each recipient accepted once if sent, never otherwise; each
+    /// notice accepted once, from the null sender to the sender; and the
+    /// spool holds nothing but the entry where it ended.
+    #[track_caller]
+    fn finish(mut self, server: Option<&Server>, name: &str, rows: &Rows) {
+        if !self.dev.names("new").is_empty() {
+            let (log, _) = self.dev.run_once();
+            self.logs.push_str(&log);
+        }
+        for n in &self.notices {
+            let log = &self.logs;
+            let a = attempts(log, n);
+            assert_eq!(a.keys().collect::<Vec<_>>(), [SENDER], "notice {n}:\n{log}");
+            assert_eq!(a[SENDER].word, "sent", "notice {n}:\n{log}");
+        }
+        let id = self.id.clone();
+        let end = self.runs.last().cloned().unwrap_or_default();
+        let keep: &[&str] = if end.starts_with("removed") {
+            &[]
+        } else if end.starts_with("failed/") {
+            &["failed", "state"]
+        } else {
+            &["deferred", "state"]
+        };
+        for q in QUEUES {
+            let want: Vec<String> = if keep.contains(&q) { vec![id.clone()] } else { Vec::new() };
+            assert_eq!(self.dev.names(q), want, "{q}/ at the end");
+        }
+        let mut counts = Vec::new();
+        if let Some(server) = server {
+            let accepted = server.accepted();
+            for r in &self.rcpts {
+                let n = accepted.iter().map(|a| a.rcpts.iter().filter(|x| *x == r).count()).sum::<usize>();
+                let want = usize::from(self.status[r] == "sent");
+                assert_eq!(n, want, "{r} ({}) was accepted {n} times: {accepted:#?}", self.status[r]);
+                counts.push(format!("{}={n}", r.split('@').next().unwrap_or(r)));
+            }
+            for a in accepted.iter().filter(|a| a.sender.is_empty()) {
+                assert_eq!(a.rcpts, [SENDER], "a notice to someone else: {a:?}");
+            }
+            let notices = accepted.iter().filter(|a| a.sender.is_empty()).count();
+            assert_eq!(notices, self.notices.len(), "notices accepted: {accepted:#?}");
+            for a in accepted.iter().filter(|a| !a.sender.is_empty()) {
+                assert_eq!(a.sender, SENDER);
+                let trace = format!("(outq) id {id}; ");
+                assert!(a.data.windows(trace.len()).any(|w| w == trace.as_bytes()), "data without outq's Received");
+                assert!(a.data.ends_with(b"\r\n.\r\n"));
+            }
+            if !self.notices.is_empty() {
+                counts.push(format!("notice={notices}"));
+            }
+        }
+        while self.runs.len() < 2 {
+            self.runs.push("(nothing to retry)".into());
+        }
+        let why = std::mem::take(&mut self.why);
+        rows.lock().unwrap().push(Row {
+            case: name.to_owned(),
+            run1: self.runs[0].clone(),
+            run2: self.runs[1..].join(" / "),
+            accepted: counts.join(" "),
+            why,
+        });
+    }
+}
+
+struct Row {
+    case: String,
+    run1: String,
+    run2: String,
+    accepted: String,
+    why: String,
+}
+
+type Rows = Mutex<Vec<Row>>;
+
+fn small_body() -> Vec<u8> {
+    b"From: sender@faults.test\r\nSubject: fault matrix\r\n\r\nhello\r\n.leading dot\r\n".to_vec()
+}
+
+/// Larger than the socket buffers, so that a server hanging up in the
+/// middle is noticed while the data is still being written.
+fn large_body() -> Vec<u8> {
+    let mut b = b"From: sender@faults.test\r\nSubject: fault matrix, large\r\n\r\n".to_vec();
+    while b.len() < 600_000 {
+        b.extend_from_slice(b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n");
+    }
+    b
+}
+
+// ---------------------------------------------------------------------------
+// The cases
+
+/// A server, a spool configured for it with `settings`, and a case.
+fn setup(opts: Opts, settings: &[(&str, &str)]) -> (Dev, Server) {
+    let dev = Dev::new();
+    let server = Server::start(opts);
+    dev.configure(&server.relay(), settings);
+    (dev, server)
+}
+
+fn connection_refused(rows: &Rows) {
+    let dev = Dev::new();
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    dev.configure(&format!("smtp://127.0.0.1:{closed}"), &[]);
+    let mut c = Case::submit(&dev, &["a", "b"], &small_body());
+    let why = format!("connect to 127.0.0.1[127.0.0.1]:{closed}: Connection refused");
+    c.run(Place::Deferred, &[("a", "deferred", &why), ("b", "deferred", &why)]);
+    // Not due yet: left alone.
+    c.run_nothing();
+    // The relay comes up (here: the configuration points to one that is).
+    let server = Server::start(Opts::default());
+    dev.configure(&server.relay(), &[]);
+    c.run(Place::Removed, &[("a", "sent", "250 2.0.0"), ("b", "sent", "250 2.0.0")]);
+    c.finish(Some(&server), "connection refused", rows);
+}
+
+fn greeting_421(rows: &Rows) {
+    let opts = Opts {
+        script: Arc::new(|l| match l {
+            "GREETING" => Act::Reply("421 4.3.2 Service not available, closing transmission channel".into()),
+            _ => Act::Default,
+        }),
+        ..Opts::default()
+    };
+    let (dev, server) = setup(opts, &[]);
+    let mut c = Case::submit(&dev, &["a", "b"], &small_body());
+    let why = format!("{} refused to talk to us: 421 4.3.2 Service not available", server.name());
+    c.run(Place::Deferred, &[("a", "deferred", &why), ("b", "deferred", &why)]);
+    assert!(server.conversations()[0].commands.is_empty(), "the client spoke after a 421 greeting");
+    server.heal();
+    c.run(Place::Removed, &[("a", "sent", "250"), ("b", "sent", "250")]);
+    c.finish(Some(&server), "421 greeting", rows);
+}
+
+fn mixed_rcpt_replies(rows: &Rows) {
+    let (dev, server) = setup(Opts { script: Arc::new(rcpt_by_local_part), ..Opts::default() }, &[]);
+    let mut c = Case::submit(&dev, &["r250", "r450", "r452", "r550", "r552"], &small_body());
+    c.run(
+        Place::Deferred,
+        &[
+            ("r250", "sent", "250 2.0.0 Ok: queued"),
+            ("r450", "deferred", "450 4.1.0 r450 answered 450"),
+            ("r452", "deferred", "452 4.1.0 r452 answered 452"),
+            ("r550", "failed", "550 5.1.0 r550 answered 550"),
+            // RFC 5321 4.5.3.1.10: 552 to RCPT means "too many recipients".
+            ("r552", "deferred", "552 5.1.0 r552 answered 552"),
+        ],
+    );
+    server.heal();
+    c.run(Place::Failed, &[("r450", "sent", "250"), ("r452", "sent", "250"), ("r552", "sent", "250")]);
+    c.run_nothing();
+    c.finish(Some(&server), "RCPT 250/450/452/550/552", rows);
+}
+
+fn temporary_after_data(rows: &Rows) {
+    let opts = Opts {
+        script: Arc::new(|l| match l {
+            "." => Act::Reply("451 4.3.0 Error: queue file write error".into()),
+            _ => rcpt_by_local_part(l),
+        }),
+        ..Opts::default()
+    };
+    let (dev, server) = setup(opts, &[]);
+    let mut c = Case::submit(&dev, &["a", "r550", "b"], &small_body());
+    let why = "451 4.3.0 Error: queue file write error";
+    c.run(Place::Deferred, &[("a", "deferred", why), ("r550", "failed", "550 5.1.0"), ("b", "deferred", why)]);
+    server.heal();
+    c.run(Place::Failed, &[("a", "sent", "250"), ("b", "sent", "250")]);
+    c.finish(Some(&server), "4xx after DATA", rows);
+}
+
+fn permanent_after_data(rows: &Rows) {
+    let opts = Opts {
+        script: Arc::new(|l| match l {
+            "." => Act::Reply("554 5.6.0 Error: message content rejected".into()),
+            _ => Act::Default,
+        }),
+        ..Opts::default()
+    };
+    let (dev, server) = setup(opts, &[]);
+    let mut c = Case::submit(&dev, &["a", "b"], &small_body());
+    let why = "554 5.6.0 Error: message content rejected";
+    c.run(Place::Failed, &[("a", "failed", why), ("b", "failed", why)]);
+    server.heal();
+    c.run_nothing();
+    c.finish(Some(&server), "5xx after DATA", rows);
+}
+
+fn second_transaction_lost(rows: &Rows) {
+    // Three transactions of at most two recipients: the connection dies in
+    // the second; the third goes out on a new connection.
+    let opts = Opts {
+        script: Arc::new(|l| if l == "RCPT TO:<c@faults.test>" { Act::Close } else { Act::Default }),
+        ..Opts::default()
+    };
+    let (dev, server) = setup(opts, &[("max_rcpt_per_transaction", "2")]);
+    let mut c = Case::submit(&dev, &["a", "b", "c", "d", "e"], &small_body());
+    let why = format!("lost connection with {} while sending RCPT TO", server.name());
+    c.run(
+        Place::Deferred,
+        &[
+            ("a", "sent", "250"),
+            ("b", "sent", "250"),
+            ("c", "deferred", &why),
+            ("d", "deferred", &why),
+            ("e", "sent", "250"),
+        ],
+    );
+    let convs = server.conversations();
+    assert_eq!(convs.len(), 2, "{convs:#?}");
+    assert_eq!(server.accepted().iter().map(|a| a.rcpts.len()).collect::<Vec<_>>(), [2, 1]);
+    server.heal();
+    c.run(Place::Removed, &[("c", "sent", "250"), ("d", "sent", "250")]);
+    c.finish(Some(&server), "lost in 2nd of 3 transactions", rows);
+}
+
+fn disconnect_in_data(rows: &Rows) {
+    let (dev, server) = setup(Opts { close_in_data_after: Some(4096), ..Opts::default() }, &[]);
+    let mut c = Case::submit(&dev, &["a", "b"], &large_body());
+    let why = format!("lost connection with {} while sending the message", server.name());
+    c.run(Place::Deferred, &[("a", "deferred", &why), ("b", "deferred", &why)]);
+    server.heal();
+    c.run(Place::Removed, &[("a", "sent", "250"), ("b", "sent", "250")]);
+    c.finish(Some(&server), "disconnect during DATA", rows);
+}
+
+fn disconnect_after_rcpt(rows: &Rows) {
+    let opts = Opts {
+        script: Arc::new(|l| match l {
+            "RCPT TO:<b@faults.test>" => Act::Close,
+            _ => rcpt_by_local_part(l),
+        }),
+        ..Opts::default()
+    };
+    let (dev, server) = setup(opts, &[]);
+    let mut c = Case::submit(&dev, &["r550", "a", "b", "c"], &small_body());
+    let why = format!("lost connection with {} while sending RCPT TO", server.name());
+    c.run(
+        Place::Deferred,
+        &[("r550", "failed", "550 5.1.0"), ("a", "deferred", &why), ("b", "deferred", &why), ("c", "deferred", &why)],
+    );
+    server.heal();
+    c.run(Place::Failed, &[("a", "sent", "250"), ("b", "sent", "250"), ("c", "sent", "250")]);
+    c.finish(Some(&server), "disconnect after RCPT", rows);
+}
+
+fn stall_after_rcpt(rows: &Rows) {
+    let opts = Opts {
+        script: Arc::new(|l| if l == "RCPT TO:<b@faults.test>" { Act::Hang } else { Act::Default }),
+        ..Opts::default()
+    };
+    let (dev, server) = setup(opts, &[]);
+    let mut c = Case::submit(&dev, &["a", "b"], &small_body());
+    let why = format!("conversation with {} timed out while sending RCPT TO", server.name());
+    c.run(Place::Deferred, &[("a", "deferred", &why), ("b", "deferred", &why)]);
+    server.heal();
+    c.run(Place::Removed, &[("a", "sent", "250"), ("b", "sent", "250")]);
+    c.finish(Some(&server), "no reply to RCPT (2s)", rows);
+}
+
+fn stall_after_data(rows: &Rows) {
+    let opts = Opts { script: Arc::new(|l| if l == "." { Act::Hang } else { Act::Default }), ..Opts::default() };
+    let (dev, server) = setup(opts, &[]);
+    let mut c = Case::submit(&dev, &["a", "b"], &small_body());
+    let why =
+        format!("conversation with {} timed out while waiting for the reply to the end of the message", server.name());
+    c.run(Place::Deferred, &[("a", "deferred", &why), ("b", "deferred", &why)]);
+    server.heal();
+    c.run(Place::Removed, &[("a", "sent", "250"), ("b", "sent", "250")]);
+    c.finish(Some(&server), "no reply to final dot (2s)", rows);
+}
+
+fn tls_opts(server_config: Arc<ServerConfig>) -> Opts {
+    Opts {
+        extensions: vec!["PIPELINING".into(), "STARTTLS".into(), "ENHANCEDSTATUSCODES".into()],
+        tls: Some(server_config),
+        require_tls: true,
+        ..Opts::default()
+    }
+}
+
+fn starttls_required(rows: &Rows) {
+    let (ca, server_config) = pki();
+    let dev = Dev::new();
+    let ca_file = dev.public_file("ca.pem", &ca);
+    let server = Server::start(tls_opts(server_config));
+    let ca_path = ca_file.display().to_string();
+    dev.configure(&server.relay(), &[("starttls", "required"), ("tls_ca_file", &ca_path)]);
+    let mut c = Case::submit(&dev, &["a", "b"], &small_body());
+    c.run(Place::Removed, &[("a", "sent", "250"), ("b", "sent", "250")]);
+    let convs = server.conversations();
+    assert_eq!(convs.len(), 1);
+    assert!(convs[0].tls, "{convs:?}");
+    assert!(server.accepted().iter().all(|a| a.tls), "accepted in the clear");
+    c.finish(Some(&server), "STARTTLS required, test CA", rows);
+}
+
+fn starttls_untrusted(rows: &Rows) {
+    let (_, server_config) = pki();
+    let (other_ca, _) = pki();
+    let dev = Dev::new();
+    let ca_file = dev.public_file("ca.pem", &other_ca);
+    let server = Server::start(tls_opts(server_config.clone()));
+    let ca_path = ca_file.display().to_string();
+    dev.configure(&server.relay(), &[("starttls", "required"), ("tls_ca_file", &ca_path)]);
+    let mut c = Case::submit(&dev, &["a"], &small_body());
+    let why = format!("TLS handshake with {} failed", server.name());
+    c.run(Place::Deferred, &[("a", "deferred", &why)]);
+    assert_eq!(server.accepted().len(), 0);
+    // The operator fixes tls_ca_file: a server with a certificate of the
+    // CA now trusted.
+    let (ca, fixed) = pki();
+    dev.public_file("ca.pem", &ca);
+    let good = Server::start(tls_opts(fixed));
+    dev.configure(&good.relay(), &[("starttls", "required"), ("tls_ca_file", &ca_path)]);
+    c.run(Place::Removed, &[("a", "sent", "250")]);
+    assert!(good.accepted().iter().all(|a| a.tls));
+    c.finish(Some(&good), "STARTTLS required, unknown CA", rows);
+}
+
+fn starttls_not_offered(rows: &Rows) {
+    let (dev, server) = setup(Opts::default(), &[("starttls", "required")]);
+    let mut c = Case::submit(&dev, &["a"], &small_body());
+    let why = format!("{} does not offer STARTTLS, and starttls = required", server.name());
+    c.run(Place::Deferred, &[("a", "deferred", &why)]);
+    // The operator relaxes the policy.
+    dev.configure(&server.relay(), &[("starttls", "opportunistic")]);
+    c.run(Place::Removed, &[("a", "sent", "250")]);
+    c.finish(Some(&server), "STARTTLS required, not offered", rows);
+}
+
+fn starttls_refused_opportunistic(rows: &Rows) {
+    // Offered, then refused with 454: the session goes on in the clear.
+    let opts = Opts { extensions: vec!["STARTTLS".into()], ..Opts::default() };
+    let (dev, server) = setup(opts, &[("starttls", "opportunistic")]);
+    let mut c = Case::submit(&dev, &["a"], &small_body());
+    c.run(Place::Removed, &[("a", "sent", "250")]);
+    assert_eq!(server.conversations()[0].commands[1], "STARTTLS");
+    assert!(server.accepted().iter().all(|a| !a.tls));
+    c.why = "454 to STARTTLS: sent in the clear".into();
+    c.finish(Some(&server), "STARTTLS opportunistic, 454", rows);
+}
+
+fn starttls_untrusted_opportunistic(rows: &Rows) {
+    // A certificate that cannot be verified: a new connection without TLS.
+    let (_, server_config) = pki();
+    let (other_ca, _) = pki();
+    let dev = Dev::new();
+    let ca_file = dev.public_file("ca.pem", &other_ca);
+    let server = Server::start(Opts { require_tls: false, ..tls_opts(server_config) });
+    let ca_path = ca_file.display().to_string();
+    dev.configure(&server.relay(), &[("starttls", "opportunistic"), ("tls_ca_file", &ca_path)]);
+    let mut c = Case::submit(&dev, &["a"], &small_body());
+    c.run(Place::Removed, &[("a", "sent", "250")]);
+    let convs = server.conversations();
+    assert_eq!(convs.len(), 2, "{convs:#?}");
+    assert!(!convs[1].commands.iter().any(|l| l == "STARTTLS"), "{convs:#?}");
+    assert!(server.accepted().iter().all(|a| !a.tls));
+    c.why = "handshake failed: sent in the clear on a new connection".into();
+    c.finish(Some(&server), "STARTTLS opportunistic, unknown CA", rows);
+}
+
+const USER: &str = "outq-test@faults.test";
+const PASSWORD: &str = "correct horse battery";
+
+fn auth_opts() -> Opts {
+    Opts { auth: Some((USER.into(), PASSWORD.into())), ..Opts::default() }
+}
+
+fn auth_required(rows: &Rows) {
+    let (dev, server) = setup(auth_opts(), &[]);
+    let mut c = Case::submit(&dev, &["a", "b"], &small_body());
+    // No credentials configured: the server's 530 to MAIL is temporary.
+    let why = "530 5.7.0 Authentication required";
+    c.run(Place::Deferred, &[("a", "deferred", why), ("b", "deferred", why)]);
+    let file = dev.private_file("relay-auth", &format!("# relay\n{USER} {PASSWORD}\n"), 0o600);
+    dev.configure(&server.relay(), &[("relay_auth_file", &file.display().to_string())]);
+    c.run(Place::Removed, &[("a", "sent", "250"), ("b", "sent", "250")]);
+    let convs = server.conversations();
+    assert!(convs.last().is_some_and(|cv| cv.authenticated), "{convs:#?}");
+    c.finish(Some(&server), "AUTH required", rows);
+}
+
+fn auth_wrong_password(rows: &Rows) {
+    let dev = Dev::new();
+    let server = Server::start(auth_opts());
+    let file = dev.private_file("relay-auth", &format!("{USER} wrong-password\n"), 0o600);
+    dev.configure(&server.relay(), &[("relay_auth_file", &file.display().to_string())]);
+    let mut c = Case::submit(&dev, &["a"], &small_body());
+    let why = format!("{} rejected the credentials: 535 5.7.8", server.name());
+    let log = c.run(Place::Deferred, &[("a", "deferred", &why)]);
+    assert!(!log.contains("wrong-password"), "the password was logged:\n{log}");
+    assert!(!dev.state(&c.id).unwrap().contains("wrong-password"), "the password is in the state file");
+    // Fixed in place: same owner and mode.
+    dev.private_file("relay-auth", &format!("{USER} {PASSWORD}\n"), 0o600);
+    c.run(Place::Removed, &[("a", "sent", "250")]);
+    c.finish(Some(&server), "AUTH, wrong password", rows);
+}
+
+fn auth_file_readable_by_others(rows: &Rows) {
+    let dev = Dev::new();
+    let server = Server::start(auth_opts());
+    let file = dev.private_file("relay-auth", &format!("{USER} {PASSWORD}\n"), 0o644);
+    dev.configure(&server.relay(), &[("relay_auth_file", &file.display().to_string())]);
+    let mut c = Case::submit(&dev, &["a"], &small_body());
+    let why = format!("relay_auth_file {} has mode 0644", file.display());
+    let log = c.run(Place::Deferred, &[("a", "deferred", &why)]);
+    assert!(!log.contains(PASSWORD), "the password was logged:\n{log}");
+    assert!(server.conversations().is_empty(), "connected with a refused credentials file");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    c.run(Place::Removed, &[("a", "sent", "250")]);
+    c.finish(Some(&server), "AUTH, relay_auth_file 0644", rows);
+}
+
+/// Run every case (each in its own spool, with its own server), print the
+/// table, and fail if any case failed.
+#[test]
+fn runner_smtp_fault_matrix() {
+    type CaseFn = fn(&Rows);
+    let cases: &[(&str, CaseFn)] = &[
+        ("connection refused", connection_refused),
+        ("421 greeting", greeting_421),
+        ("RCPT 250/450/452/550/552", mixed_rcpt_replies),
+        ("4xx after DATA", temporary_after_data),
+        ("5xx after DATA", permanent_after_data),
+        ("disconnect after RCPT", disconnect_after_rcpt),
+        ("lost in 2nd of 3 transactions", second_transaction_lost),
+        ("disconnect during DATA", disconnect_in_data),
+        ("no reply to RCPT (2s)", stall_after_rcpt),
+        ("no reply to final dot (2s)", stall_after_data),
+        ("STARTTLS required, test CA", starttls_required),
+        ("STARTTLS required, unknown CA", starttls_untrusted),
+        ("STARTTLS required, not offered", starttls_not_offered),
+        ("STARTTLS opportunistic, 454", starttls_refused_opportunistic),
+        ("STARTTLS opportunistic, unknown CA", starttls_untrusted_opportunistic),
+        ("AUTH required", auth_required),
+        ("AUTH, wrong password", auth_wrong_password),
+        ("AUTH, relay_auth_file 0644", auth_file_readable_by_others),
+    ];
+    let rows: Rows = Mutex::new(Vec::new());
+    let mut failed = Vec::new();
+    for (name, case) in cases {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&rows)));
+        if let Err(e) = r {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            let first = msg.lines().next().unwrap_or("").to_owned();
+            rows.lock().unwrap().push(Row {
+                case: (*name).to_owned(),
+                run1: "FAILED".into(),
+                run2: String::new(),
+                accepted: String::new(),
+                why: first,
+            });
+            failed.push(*name);
+        }
+    }
+    let rows = rows.into_inner().unwrap();
+    let head = Row {
+        case: "case".into(),
+        run1: "run 1 (faulty)".into(),
+        run2: "run 2 (healed/fixed, entry due)".into(),
+        accepted: "accepted by server".into(),
+        why: "run 1 reason".into(),
+    };
+    let width = |f: fn(&Row) -> &str| rows.iter().chain([&head]).map(|r| f(r).len()).max().unwrap_or(0);
+    let (w1, w2, w3, w4) = (width(|r| &r.case), width(|r| &r.run1), width(|r| &r.run2), width(|r| &r.accepted));
+    let mut out = String::from("\nfaults: runner SMTP fault matrix (outq run --once)\n");
+    for r in [&head].into_iter().chain(rows.iter()) {
+        out.push_str(&format!("  {:w1$} | {:w2$} | {:w3$} | {:w4$} | {}\n", r.case, r.run1, r.run2, r.accepted, r.why));
+    }
+    let _ = writeln!(std::io::stderr(), "{out}");
+    assert!(failed.is_empty(), "fault matrix cases failed: {failed:?} (see the table and the panics above)");
+}
+
+/// Warnings the SMTP transport gives (a TLS downgrade under
+/// `starttls = opportunistic`) must reach the log the runner was told to
+/// use: with `--log stderr`, standard error.
+#[test]
+fn runner_log_stderr_carries_transport_warnings() {
+    let opts = Opts { extensions: vec!["STARTTLS".into()], ..Opts::default() };
+    let (dev, server) = setup(opts, &[("starttls", "opportunistic")]);
+    let id = dev.submit(&[addr("a")], &small_body());
+    let (log, _) = dev.run_once();
+    assert!(log.contains(&format!("{id}: to=<a@faults.test>, relay={}", server.name())), "{log}");
+    let warning = format!("{} refused STARTTLS: 454 4.7.0 TLS not available; going on without TLS", server.name());
+    assert!(log.contains(&warning), "the transport's warning {warning:?} is missing from the --log stderr log:\n{log}");
+}

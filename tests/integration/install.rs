@@ -1,0 +1,848 @@
+/*!
+Installation: `install/install.sh`, the systemd files and the Debian
+package.
+
+Without privilege:
+- the tmpfiles.d and sysusers.d files agree with the spool layout;
+- the service unit carries its hardening and the warning for callers, and
+  `systemd-analyze verify` accepts it (`SKIPPED (systemd-analyze not
+  installed)` without it);
+- the scripts pass shellcheck (`SKIPPED (shellcheck not installed)`);
+- staging as an ordinary user applies modes only (the helper not
+  set-group-ID) and records the intended owners in the manifest.
+
+As root (`SKIPPED (needs root): NAME` otherwise, a failure with
+`OUTQ_REQUIRE_PRIVILEGED=1`; a missing tool is then a failure too):
+- staging into a `DESTDIR` with a test user and group sets every owner,
+  group and mode; uninstall and purge remove what they should;
+- a live installation under a private prefix in `/run` creates the
+  accounts, the spool, passes `outq check`; uninstall keeps queued mail,
+  purge removes spool, configuration and accounts;
+- the Debian package (built with `cargo deb`, or given as `OUTQ_DEB`) is
+  installed with `dpkg -i` on this machine, mail goes from an unprivileged
+  user through the installed helper and `outq-sendmail` to a Maildir with
+  the runner as the package's `outq` user, then `dpkg -r` keeps the queued
+  mail and `dpkg -P` removes everything. This changes the machine: it runs
+  under the privileged tests' lock, refuses to start where outq is already
+  installed, and undoes itself in `Drop`.
+*/
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::unistd::{Group, User};
+use outq_spool::layout::{GroupRole, Kind, PARTS};
+
+use crate::support::{
+    Account, Ran, TestAccounts, as_user, bin, privileged, privileged_lock, root_tempdir, run_timeout,
+};
+
+/// Bound for one script or program run (the package build has its own).
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn top() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+/// A tool the test needs: present, or a visible skip (a failure when
+/// `OUTQ_REQUIRE_PRIVILEGED=1`, as CI sets it, so CI cannot skip it).
+fn tool(test: &str, program: &str, probe: &[&str]) -> bool {
+    let ok = Command::new(program)
+        .args(probe)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return true;
+    }
+    if std::env::var_os("OUTQ_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
+        panic!("{test}: {program} is not installed");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED ({program} not installed): {test}");
+    false
+}
+
+fn run(mut cmd: Command) -> Ran {
+    cmd.current_dir("/");
+    run_timeout(cmd, b"", TIMEOUT)
+}
+
+#[track_caller]
+fn ok(what: &str, r: &Ran) {
+    assert_eq!(r.code, Some(0), "{what} failed\nstdout: {}\nstderr: {}", r.stdout, r.stderr);
+}
+
+// ---------------------------------------------------------------------------
+// The shipped files themselves.
+
+#[test]
+fn tmpfiles_and_sysusers_agree_with_the_spool_layout() {
+    let tmpfiles = read(&top().join("install/systemd/outq.tmpfiles"));
+    let mut lines: Vec<Vec<&str>> = tmpfiles
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), PARTS.len(), "one tmpfiles line per spool path");
+    for part in PARTS.iter() {
+        let path =
+            if part.name.is_empty() { "/var/spool/outq".to_owned() } else { format!("/var/spool/outq/{}", part.name) };
+        let i = lines.iter().position(|f| f.get(1) == Some(&path.as_str())).unwrap_or_else(|| panic!("no {path}"));
+        let f = lines.remove(i);
+        let kind = if part.kind == Kind::Dir { "d" } else { "f" };
+        let group = if part.group == GroupRole::Drop { "outqdrop" } else { "outq" };
+        let mode = format!("{:04o}", part.mode);
+        assert_eq!(f, vec![kind, path.as_str(), mode.as_str(), "outq", group, "-"], "tmpfiles line for {path}");
+    }
+
+    let sysusers = read(&top().join("install/systemd/outq.sysusers"));
+    let entries: Vec<Vec<&str>> = sysusers
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(entries.iter().any(|f| f[..3] == ["u", "outq", "-"]), "sysusers: no user outq: {sysusers}");
+    assert!(sysusers.contains("/var/spool/outq /usr/sbin/nologin"), "sysusers: home and shell: {sysusers}");
+    assert!(entries.iter().any(|f| f[..] == ["g", "outqdrop", "-"]), "sysusers: no group outqdrop: {sysusers}");
+    assert!(!entries.iter().any(|f| f[0] == "m"), "sysusers: outqdrop must never get members: {sysusers}");
+}
+
+/// The `key=value` settings of a unit file, in order.
+fn unit_settings(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_service_unit_is_hardened_and_warns_callers() {
+    let path = top().join("install/systemd/outq.service");
+    let text = read(&path);
+    let settings = unit_settings(&text);
+    let has = |k: &str, v: &str| settings.iter().any(|(a, b)| a == k && b == v);
+    for (k, v) in [
+        ("Type", "simple"),
+        ("User", "outq"),
+        ("Group", "outq"),
+        ("ExecStart", "/usr/sbin/outq run --log syslog"),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("Restart", "on-failure"),
+        ("UMask", "0077"),
+        ("NoNewPrivileges", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("AmbientCapabilities", ""),
+        ("ProtectSystem", "strict"),
+        ("ReadWritePaths", "/var/spool/outq"),
+        ("PrivateTmp", "yes"),
+        ("ProtectHome", "yes"),
+        ("PrivateDevices", "yes"),
+        ("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"),
+        ("SystemCallFilter", "@system-service"),
+        ("SystemCallArchitectures", "native"),
+        ("ProtectKernelTunables", "yes"),
+        ("ProtectKernelModules", "yes"),
+        ("ProtectKernelLogs", "yes"),
+        ("ProtectControlGroups", "yes"),
+        ("ProtectClock", "yes"),
+        ("ProtectHostname", "yes"),
+        ("RestrictNamespaces", "yes"),
+        ("RestrictRealtime", "yes"),
+        ("RestrictSUIDSGID", "yes"),
+        ("LockPersonality", "yes"),
+        ("MemoryDenyWriteExecute", "yes"),
+        ("WantedBy", "multi-user.target"),
+    ] {
+        assert!(has(k, v), "outq.service lacks {k}={v}");
+    }
+    // The runner identifies submitters by file owner: no user namespace.
+    assert!(!settings.iter().any(|(k, v)| k == "PrivateUsers" && v != "no"), "PrivateUsers= would hide owners");
+    assert!(
+        text.contains("must NOT set\n# NoNewPrivileges=yes") && text.contains("set-group-ID bit"),
+        "outq.service must warn that callers' units may not set NoNewPrivileges=yes"
+    );
+    let readme = read(&top().join("install/README.md"));
+    assert!(readme.contains("must not set `NoNewPrivileges=yes`"), "install/README.md must carry the warning");
+
+    let test = "the_service_unit_is_hardened_and_warns_callers (systemd-analyze)";
+    if !tool(test, "systemd-analyze", &["--version"]) {
+        return;
+    }
+    // verify checks that ExecStart= exists: point it at the built runner.
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("outq.service");
+    std::fs::write(&unit, text.replace("/usr/sbin/outq ", &format!("{} ", bin("outq").display()))).unwrap();
+    let mut c = Command::new("systemd-analyze");
+    c.args(["verify", "--man=no"]).arg(&unit);
+    let r = run(c);
+    ok("systemd-analyze verify", &r);
+    assert_eq!(r.stderr.trim(), "", "systemd-analyze verify complained");
+
+    let mut c = Command::new("systemd-analyze");
+    c.args(["security", "--offline=true", "--no-pager"]).arg(&unit);
+    let r = run(c);
+    ok("systemd-analyze security --offline=true", &r);
+    let level: f64 = r
+        .stdout
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for outq.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in {}", r.stdout));
+    assert!(level <= 2.0, "exposure level {level} (1.2 when written): the hardening weakened\n{}", r.stdout);
+}
+
+#[test]
+fn the_scripts_pass_shellcheck() {
+    if !tool("the_scripts_pass_shellcheck", "shellcheck", &["--version"]) {
+        return;
+    }
+    let mut c = Command::new("shellcheck");
+    c.args(["-s", "sh"]);
+    for s in ["install/install.sh", "install/debian/postinst", "install/debian/prerm", "install/debian/postrm"] {
+        c.arg(top().join(s));
+    }
+    ok("shellcheck", &run(c));
+}
+
+// ---------------------------------------------------------------------------
+// install.sh
+
+/// One installed path with its intended owner, group and mode.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Expect {
+    path: String,
+    owner: String,
+    group: String,
+    mode: u32,
+}
+
+fn expect(path: String, owner: &str, group: &str, mode: u32) -> Expect {
+    Expect { path, owner: owner.into(), group: group.into(), mode }
+}
+
+/// Everything install.sh installs for these settings.
+fn expected(prefix: &str, sysconf: &str, drop_group: &str, config_kept: bool) -> Vec<Expect> {
+    let mut v = vec![
+        expect(format!("{prefix}/sbin/outq-enqueue"), "root", drop_group, 0o2755),
+        expect(format!("{prefix}/sbin/outq"), "root", "root", 0o755),
+        expect(format!("{prefix}/sbin/outq-sendmail"), "root", "root", 0o755),
+        expect(format!("{prefix}/lib/systemd/system/outq.service"), "root", "root", 0o644),
+        expect(format!("{prefix}/lib/sysusers.d/outq.conf"), "root", "root", 0o644),
+        expect(format!("{prefix}/lib/tmpfiles.d/outq.conf"), "root", "root", 0o644),
+        expect(format!("{sysconf}/outq"), "root", "root", 0o755),
+        expect(format!("{sysconf}/outq/outq.conf{}", if config_kept { ".example" } else { "" }), "root", "root", 0o644),
+    ];
+    for page in man_pages() {
+        let section = page.rsplit('.').next().unwrap().to_owned();
+        v.push(expect(format!("{prefix}/share/man/man{section}/{page}.gz"), "root", "root", 0o644));
+    }
+    v.sort();
+    v
+}
+
+/// The manual pages in man/, by file name.
+fn man_pages() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(top().join("man"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.rsplit('.').next().is_some_and(|s| s.len() == 1 && s.as_bytes()[0].is_ascii_digit()))
+        .collect();
+    v.sort();
+    assert!(v.len() >= 4, "man pages: {v:?}");
+    v
+}
+
+/// The manifest install.sh wrote, as sorted entries.
+fn manifest(path: &Path) -> Vec<Expect> {
+    let mut v: Vec<Expect> = read(path)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            assert_eq!(f.len(), 4, "manifest line {l:?}");
+            Expect {
+                mode: u32::from_str_radix(f[0], 8).unwrap(),
+                owner: f[1].into(),
+                group: f[2].into(),
+                path: f[3].into(),
+            }
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every file and symbolic link under `root`, as paths below it.
+fn files_under(root: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(format!("/{}", p.strip_prefix(root).unwrap().display()));
+            }
+        }
+    }
+    out
+}
+
+fn uid_of(name: &str) -> u32 {
+    User::from_name(name).unwrap().unwrap_or_else(|| panic!("no user {name}")).uid.as_raw()
+}
+
+fn gid_of(name: &str) -> u32 {
+    Group::from_name(name).unwrap().unwrap_or_else(|| panic!("no group {name}")).gid.as_raw()
+}
+
+/// Assert owner, group and mode of each expected path under `root`.
+#[track_caller]
+fn assert_installed(root: &Path, want: &[Expect]) {
+    for e in want {
+        let p = root.join(e.path.trim_start_matches('/'));
+        let m = std::fs::symlink_metadata(&p).unwrap_or_else(|err| panic!("{} is missing: {err}", p.display()));
+        let show = |uid: u32, gid: u32, mode: u32| format!("uid {uid} gid {gid} mode {mode:04o}");
+        assert_eq!(
+            show(m.uid(), m.gid(), m.mode() & 0o7777),
+            show(uid_of(&e.owner), gid_of(&e.group), e.mode),
+            "{} ({}:{})",
+            p.display(),
+            e.owner,
+            e.group
+        );
+        if e.path.ends_with(".gz") {
+            let bytes = std::fs::read(&p).unwrap();
+            // gzip -9n: no name and no time stamp, so builds are reproducible.
+            assert_eq!(&bytes[..4], &[0x1f, 0x8b, 8, 0], "{}: gzip without a name", p.display());
+            assert_eq!(&bytes[4..8], &[0, 0, 0, 0], "{}: gzip without a time stamp", p.display());
+        }
+    }
+}
+
+/// install.sh with a clean environment and `vars`.
+fn install_sh(script: &Path, args: &[&str], vars: &[(&str, &str)]) -> Command {
+    let mut c = Command::new("/bin/sh");
+    c.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    c.arg(script).args(args);
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    c
+}
+
+/// A copy of the parts of the tree install.sh reads (install/, man/) and
+/// of the built programs, all world-readable, in `dir`: an ordinary user
+/// can run it wherever the checkout is. Returns (script, bindir).
+fn copy_tree(dir: &Path) -> (PathBuf, PathBuf) {
+    let src = dir.join("src");
+    for sub in ["install", "install/systemd", "install/debian", "man", "bin"] {
+        std::fs::create_dir_all(src.join(sub)).unwrap();
+        std::fs::set_permissions(src.join(sub), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for sub in ["install", "install/systemd", "install/debian", "man"] {
+        for e in std::fs::read_dir(top().join(sub)).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                let to = src.join(sub).join(e.file_name());
+                std::fs::copy(e.path(), &to).unwrap();
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+    }
+    for prog in ["outq", "outq-enqueue", "outq-sendmail"] {
+        let to = src.join("bin").join(prog);
+        std::fs::copy(bin(prog), &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    (src.join("install/install.sh"), src.join("bin"))
+}
+
+#[test]
+fn staging_as_an_ordinary_user_records_owners_in_the_manifest() {
+    // As root, the script runs as nobody; otherwise as ourselves.
+    let dir = tempfile::Builder::new().prefix("oqt-stage-").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (script, bindir) = copy_tree(dir.path());
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let root = nix::unistd::geteuid().is_root();
+    let (uid, gid) =
+        if root { (65534, 65534) } else { (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw()) };
+    if root {
+        std::os::unix::fs::chown(&out, Some(uid), Some(gid)).unwrap();
+    }
+    let destdir = out.join("stage");
+    let (d, b) = (destdir.display().to_string(), bindir.display().to_string());
+    let vars = [("DESTDIR", d.as_str()), ("BINDIR", b.as_str())];
+    let wrap = |c: Command| {
+        if !root {
+            return c;
+        }
+        let mut w = Command::new("/usr/bin/setpriv");
+        w.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(c.get_program()).args(c.get_args());
+        w.env_clear();
+        for (k, v) in c.get_envs() {
+            if let Some(v) = v {
+                w.env(k, v);
+            }
+        }
+        w
+    };
+    let r = run(wrap(install_sh(&script, &[], &vars)));
+    ok("install.sh as an ordinary user", &r);
+    assert!(r.stdout.contains("were NOT applied"), "the script must say it did not set owners: {}", r.stdout);
+
+    let want = expected("/usr", "/etc", "outqdrop", false);
+    assert_eq!(manifest(&out.join("stage.manifest")), want, "the manifest lists every path with its intended owner");
+    let files = files_under(&destdir);
+    let want_files: BTreeSet<String> = want.iter().filter(|e| e.path != "/etc/outq").map(|e| e.path.clone()).collect();
+    assert_eq!(files, want_files, "exactly the expected files, no leftovers");
+    for e in &want {
+        let m = std::fs::symlink_metadata(destdir.join(e.path.trim_start_matches('/'))).unwrap();
+        // Modes without the set-group-ID bit: it would name the wrong group.
+        assert_eq!(m.mode() & 0o7777, e.mode & 0o777, "{}", e.path);
+        assert_eq!((m.uid(), m.gid()), (uid, gid), "{}", e.path);
+    }
+
+    let r = run(wrap(install_sh(&script, &["uninstall", "--purge"], &vars)));
+    ok("install.sh uninstall --purge (staged)", &r);
+    assert_eq!(files_under(&destdir), BTreeSet::new(), "purge leaves no file in DESTDIR");
+    assert!(!out.join("stage.manifest").exists(), "purge removes the manifest");
+}
+
+#[test]
+fn staging_as_root_sets_every_owner_group_and_mode() {
+    if !privileged("staging_as_root_sets_every_owner_group_and_mode") {
+        return;
+    }
+    let _lock = privileged_lock();
+    let acc = TestAccounts::create();
+    let (user, group) = (acc.owner.name.as_str(), acc.group.name.as_str());
+    let dir = root_tempdir("oqt-stage-");
+    let destdir = dir.path().join("stage");
+    let d = destdir.display().to_string();
+    let bindir = bin("outq").parent().unwrap().display().to_string();
+    let vars = [("DESTDIR", d.as_str()), ("BINDIR", bindir.as_str()), ("OUTQ_USER", user), ("OUTQ_GROUP", group)];
+    let script = top().join("install/install.sh");
+
+    let r = run(install_sh(&script, &[], &vars));
+    ok("install.sh into DESTDIR as root", &r);
+    assert!(!r.stdout.contains("NOT applied"), "{}", r.stdout);
+    let want = expected("/usr", "/etc", group, false);
+    assert_installed(&destdir, &want);
+    assert_eq!(manifest(&dir.path().join("stage.manifest")), want);
+
+    // The shipped files, rewritten for these names.
+    let unit = read(&destdir.join("usr/lib/systemd/system/outq.service"));
+    assert!(unit.contains(&format!("\nUser={user}\nGroup={user}\n")), "{unit}");
+    let sysusers = read(&destdir.join("usr/lib/sysusers.d/outq.conf"));
+    assert!(sysusers.contains(&format!("\nu {user} - ")) && sysusers.contains(&format!("\ng {group} -")), "{sysusers}");
+    let tmpfiles = read(&destdir.join("usr/lib/tmpfiles.d/outq.conf"));
+    assert!(tmpfiles.contains(&format!("/var/spool/outq/new 3730 {user} {group} -")), "{tmpfiles}");
+    let conf = read(&destdir.join("etc/outq/outq.conf"));
+    assert!(conf.contains(&format!("\nqueue_user = {user}\nsetgid_group = {group}\n")), "{conf}");
+    outq_spool::config::parse(conf.as_bytes()).expect("the installed configuration parses");
+
+    // Again, over a changed configuration: kept, the example beside it.
+    let conf_path = destdir.join("etc/outq/outq.conf");
+    std::fs::write(&conf_path, "relay = maildir:/nowhere\n").unwrap();
+    let r = run(install_sh(&script, &[], &vars));
+    ok("install.sh again", &r);
+    assert!(r.stdout.contains("kept the existing"), "{}", r.stdout);
+    assert_eq!(read(&conf_path), "relay = maildir:/nowhere\n", "an existing configuration is never replaced");
+    assert_installed(&destdir, &expected("/usr", "/etc", group, true));
+
+    let r = run(install_sh(&script, &["uninstall"], &vars));
+    ok("install.sh uninstall (staged)", &r);
+    let left = files_under(&destdir);
+    let kept: BTreeSet<String> = ["/etc/outq/outq.conf", "/etc/outq/outq.conf.example"].map(String::from).into();
+    assert_eq!(left, kept, "uninstall keeps the configuration only");
+    let r = run(install_sh(&script, &["uninstall", "--purge"], &vars));
+    ok("install.sh uninstall --purge (staged)", &r);
+    assert_eq!(files_under(&destdir), BTreeSet::new());
+}
+
+/// A name used by no user and no group.
+fn unused_name(tag: &str) -> String {
+    for n in 0..1000 {
+        let name = format!("oq{tag}{}x{n}", std::process::id());
+        if User::from_name(&name).unwrap().is_none() && Group::from_name(&name).unwrap().is_none() {
+            return name;
+        }
+    }
+    panic!("no unused account name");
+}
+
+/// Removes accounts that a test expected a script to create (and remove).
+struct AccountsGuard(Vec<String>);
+
+impl Drop for AccountsGuard {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            if User::from_name(name).ok().flatten().is_some() {
+                let _ = Command::new("userdel").arg("-f").arg(name).status();
+            }
+            if Group::from_name(name).ok().flatten().is_some() {
+                let _ = Command::new("groupdel").arg(name).status();
+            }
+        }
+    }
+}
+
+#[test]
+fn live_install_creates_accounts_and_spool_and_purge_removes_them() {
+    if !privileged("live_install_creates_accounts_and_spool_and_purge_removes_them") {
+        return;
+    }
+    let _lock = privileged_lock();
+    let (user, group) = (unused_name("u"), unused_name("g"));
+    let _accounts = AccountsGuard(vec![user.clone(), group.clone()]);
+    // Under /run: root-owned and not world-writable all the way up, which
+    // the configuration's trust rules and the spool's checks require.
+    let dir = tempfile::Builder::new().prefix("oqt-live-").tempdir_in("/run").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = dir.path().display().to_string();
+    let (prefix, sysconf, spool) = (format!("{base}/usr"), format!("{base}/etc"), format!("{base}/spool"));
+    // A configuration prepared beforehand (no free-space reserve: /run is
+    // small): install.sh keeps it and puts its example beside it.
+    for d in [sysconf.clone(), format!("{sysconf}/outq")] {
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let conf = format!("{sysconf}/outq/outq.conf");
+    std::fs::write(
+        &conf,
+        format!("spool_directory = {spool}\nqueue_user = {user}\nsetgid_group = {group}\nspool_min_free = 0\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let bindir = bin("outq").parent().unwrap().display().to_string();
+    let vars = [
+        ("PREFIX", prefix.as_str()),
+        ("SYSCONFDIR", sysconf.as_str()),
+        ("SPOOLDIR", spool.as_str()),
+        ("OUTQ_USER", user.as_str()),
+        ("OUTQ_GROUP", group.as_str()),
+        ("BINDIR", bindir.as_str()),
+    ];
+    let script = top().join("install/install.sh");
+
+    let r = run(install_sh(&script, &[], &vars));
+    ok("live install.sh", &r);
+    assert!(r.stdout.contains(&format!("created group {group}")), "{}", r.stdout);
+    assert!(r.stdout.contains(&format!("created user {user}")), "{}", r.stdout);
+    assert!(r.stdout.contains("outq init: spool"), "outq init did not run: {}", r.stdout);
+    assert!(r.stdout.contains("is in order"), "outq check did not pass: {}", r.stdout);
+    // The debug programs read /etc/outq/outq.conf; the script says so.
+    assert!(r.stderr.contains("rebuild with OUTQ_CONFIG_PATH="), "{}", r.stderr);
+
+    let u = User::from_name(&user).unwrap().unwrap();
+    let own = Group::from_gid(u.gid).unwrap().unwrap();
+    assert_eq!(own.name, user, "the queue owner has a group of its own");
+    assert_eq!(u.dir, PathBuf::from(&spool));
+    assert!(u.shell.ends_with("nologin"), "shell {}", u.shell.display());
+    assert!(u.uid.as_raw() < 1000, "a system account");
+    let g = Group::from_name(&group).unwrap().unwrap();
+    assert!(g.mem.is_empty() && g.gid != u.gid, "the helper's group is dedicated");
+    assert_installed(Path::new("/"), &expected(&prefix, &sysconf, &group, true));
+    for part in PARTS.iter() {
+        let p = Path::new(&spool).join(part.name);
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let gid = if part.group == GroupRole::Drop { g.gid } else { u.gid };
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (u.uid.as_raw(), gid.as_raw(), part.mode), "{p:?}");
+    }
+    // The installed unit names the installed runner: systemd accepts it.
+    if tool("live_install (systemd-analyze)", "systemd-analyze", &["--version"]) {
+        let mut c = Command::new("systemd-analyze");
+        c.args(["verify", "--man=no"]).arg(format!("{prefix}/lib/systemd/system/outq.service"));
+        let r = run(c);
+        ok("systemd-analyze verify of the installed unit", &r);
+        assert_eq!(r.stderr.trim(), "", "systemd-analyze verify complained");
+    }
+
+    // Installing again is an upgrade: nothing is created twice.
+    let r = run(install_sh(&script, &[], &vars));
+    ok("live install.sh again", &r);
+    assert!(!r.stdout.contains("created user") && r.stdout.contains("is in order"), "{}", r.stdout);
+
+    // Uninstall keeps queued mail, the configuration and the accounts.
+    let queued = Path::new(&spool).join("new/00000000000000000000000001");
+    std::fs::write(&queued, "queued").unwrap();
+    let r = run(install_sh(&script, &["uninstall"], &vars));
+    ok("live uninstall", &r);
+    assert!(!Path::new(&format!("{prefix}/sbin/outq-enqueue")).exists());
+    assert!(!Path::new(&format!("{prefix}/lib/systemd/system/outq.service")).exists());
+    assert_eq!(read(&queued), "queued", "uninstall keeps queued mail");
+    assert!(Path::new(&conf).exists());
+    assert!(User::from_name(&user).unwrap().is_some() && Group::from_name(&group).unwrap().is_some());
+
+    let r = run(install_sh(&script, &["uninstall", "--purge"], &vars));
+    ok("live uninstall --purge", &r);
+    assert!(!Path::new(&spool).exists(), "purge removes the spool");
+    assert!(!Path::new(&format!("{sysconf}/outq")).exists(), "purge removes the configuration");
+    assert!(User::from_name(&user).unwrap().is_none(), "purge removes the user");
+    assert!(Group::from_name(&user).unwrap().is_none(), "purge removes the user's group");
+    assert!(Group::from_name(&group).unwrap().is_none(), "purge removes the helper's group");
+}
+
+// ---------------------------------------------------------------------------
+// The Debian package.
+
+const HELPER: &str = "/usr/sbin/outq-enqueue";
+const SPOOL: &str = "/var/spool/outq";
+const MAILDIR: &str = "/var/lib/outq-test-maildir";
+
+fn dpkg(args: &[&str]) -> Ran {
+    let mut c = Command::new("dpkg");
+    c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    run(c)
+}
+
+fn statoverride() -> String {
+    let mut c = Command::new("dpkg-statoverride");
+    c.args(["--list", HELPER]);
+    run(c).stdout.trim().to_owned()
+}
+
+fn package_state() -> String {
+    let mut c = Command::new("dpkg-query");
+    c.args(["-W", "-f=${Status}", "outq"]);
+    run(c).stdout
+}
+
+/// What the package test changes, put back when it ends however it ends.
+struct PackageGuard;
+
+impl Drop for PackageGuard {
+    fn drop(&mut self) {
+        if !package_state().is_empty() && !package_state().contains("not-installed") {
+            let _ = dpkg(&["-P", "outq"]);
+        }
+        if !statoverride().is_empty() {
+            let _ = Command::new("dpkg-statoverride").args(["--remove", HELPER]).status();
+        }
+        let _ = Command::new("update-alternatives")
+            .args(["--remove", "sendmail", "/usr/sbin/outq-sendmail"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        drop(AccountsGuard(vec!["outq".into(), "outqdrop".into()]));
+        for p in [SPOOL, "/etc/outq", MAILDIR] {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// The package to test: `OUTQ_DEB`, else built here with `cargo deb` in
+/// its own target directory (one release build of the three programs).
+fn package(test: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("OUTQ_DEB") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "OUTQ_DEB={} is not a file", p.display());
+        return Some(p);
+    }
+    if !tool(test, "cargo", &["deb", "--version"]) {
+        return None;
+    }
+    let target = bin("outq").parent().unwrap().parent().unwrap().join("deb-test");
+    let out = target.join("debian");
+    let mut c = Command::new("cargo");
+    c.args(["deb", "-p", "outq", "--output"]).arg(&out).current_dir(top());
+    // Its own target directory (the test's cargo may hold the lock of this
+    // one) and none of the outer cargo's job server.
+    c.env("CARGO_TARGET_DIR", &target).env_remove("CARGO_MAKEFLAGS").env_remove("MAKEFLAGS").env_remove("MFLAGS");
+    let r = run_timeout(c, b"", Duration::from_secs(1800));
+    ok("cargo deb", &r);
+    let deb = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .expect("cargo deb made no .deb");
+    Some(deb)
+}
+
+/// `/usr/sbin/sendmail` as it is: absent, a link (to where), or a file.
+fn sendmail_now() -> String {
+    match std::fs::symlink_metadata("/usr/sbin/sendmail") {
+        Err(_) => "absent".into(),
+        Ok(m) if m.file_type().is_symlink() => {
+            format!("link to {}", std::fs::read_link("/usr/sbin/sendmail").unwrap().display())
+        }
+        Ok(m) => format!("file ino {} size {} mtime {}", m.ino(), m.size(), m.mtime()),
+    }
+}
+
+fn submit(who: &Account, program: &str, args: &[&str], text: &str) -> Ran {
+    let mut c = as_user(who, &[], Path::new(program));
+    c.args(args);
+    run_timeout(c, text.as_bytes(), TIMEOUT)
+}
+
+fn listing(dir: &str) -> Vec<String> {
+    crate::support::list(Path::new(dir))
+}
+
+#[test]
+fn the_debian_package_installs_delivers_removes_and_purges() {
+    let test = "the_debian_package_installs_delivers_removes_and_purges";
+    if !privileged(test) || !tool(test, "dpkg", &["--version"]) {
+        return;
+    }
+    let Some(deb) = package(test) else { return };
+    let _lock = privileged_lock();
+    // This machine must not have outq already: the test would change it.
+    let state = package_state();
+    assert!(
+        state.is_empty() || state.contains("not-installed"),
+        "package outq is installed here ({state}); not touching it"
+    );
+    for p in [SPOOL, "/etc/outq", "/usr/sbin/outq", HELPER] {
+        assert!(std::fs::symlink_metadata(p).is_err(), "{p} exists: outq is installed here; not touching it");
+    }
+    for name in ["outq", "outqdrop"] {
+        assert!(User::from_name(name).unwrap().is_none(), "user {name} exists here; not touching it");
+        assert!(Group::from_name(name).unwrap().is_none(), "group {name} exists here; not touching it");
+    }
+    assert!(statoverride().is_empty(), "{HELPER} has a statoverride here; not touching it");
+    let acc = TestAccounts::create();
+    let _guard = PackageGuard;
+    let sendmail_before = sendmail_now();
+    let deb_arg = deb.display().to_string();
+
+    // Install.
+    let r = dpkg(&["-i", &deb_arg]);
+    ok("dpkg -i", &r);
+    assert!(r.stdout.contains("outq check: /var/spool/outq is in order"), "postinst's outq check: {}", r.stdout);
+    assert_eq!(statoverride(), "root outqdrop 2755 /usr/sbin/outq-enqueue");
+    assert_installed(
+        Path::new("/"),
+        &[
+            expect(HELPER.into(), "root", "outqdrop", 0o2755),
+            expect("/usr/sbin/outq".into(), "root", "root", 0o755),
+            expect("/usr/sbin/outq-sendmail".into(), "root", "root", 0o755),
+            expect("/etc/outq".into(), "root", "root", 0o755),
+            expect("/etc/outq/outq.conf".into(), "root", "root", 0o644),
+            expect("/usr/lib/systemd/system/outq.service".into(), "root", "root", 0o644),
+            expect("/usr/lib/sysusers.d/outq.conf".into(), "root", "root", 0o644),
+            expect("/usr/lib/tmpfiles.d/outq.conf".into(), "root", "root", 0o644),
+        ],
+    );
+    for page in man_pages() {
+        let section = page.rsplit('.').next().unwrap();
+        assert_installed(
+            Path::new("/"),
+            &[expect(format!("/usr/share/man/man{section}/{page}.gz"), "root", "root", 0o644)],
+        );
+    }
+    let mut c = Command::new("dpkg-query");
+    c.args(["-W", "-f=${Conffiles}", "outq"]);
+    assert!(run(c).stdout.contains("/etc/outq/outq.conf"), "/etc/outq/outq.conf must be a conffile");
+    let outq = User::from_name("outq").unwrap().unwrap();
+    assert_eq!(outq.dir, PathBuf::from(SPOOL));
+    assert_eq!(outq.shell, PathBuf::from("/usr/sbin/nologin"));
+    assert_eq!(Group::from_gid(outq.gid).unwrap().unwrap().name, "outq");
+    let drop = Group::from_name("outqdrop").unwrap().unwrap();
+    assert!(drop.mem.is_empty() && drop.gid != outq.gid, "outqdrop is dedicated");
+    for part in PARTS.iter() {
+        let p = Path::new(SPOOL).join(part.name);
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let gid = if part.group == GroupRole::Drop { drop.gid } else { outq.gid };
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (outq.uid.as_raw(), gid.as_raw(), part.mode), "{p:?}");
+    }
+    // /usr/sbin/sendmail: an alternative only where nothing else was.
+    let sendmail_installed = sendmail_now();
+    if sendmail_before == "absent" || sendmail_before == "link to /etc/alternatives/sendmail" {
+        assert_eq!(sendmail_installed, "link to /etc/alternatives/sendmail");
+        assert_eq!(std::fs::canonicalize("/usr/sbin/sendmail").unwrap(), PathBuf::from("/usr/sbin/outq-sendmail"));
+    } else {
+        assert_eq!(sendmail_installed, sendmail_before, "another MTA's /usr/sbin/sendmail must be left alone");
+    }
+
+    // Deliver into a Maildir, with the runner as the package's user.
+    std::fs::write(
+        "/etc/outq/outq.conf",
+        format!("relay = maildir:{MAILDIR}\nspool_min_free = 0\nmyhostname = test.example\n"),
+    )
+    .unwrap();
+    std::fs::create_dir(MAILDIR).unwrap();
+    std::os::unix::fs::chown(MAILDIR, Some(outq.uid.as_raw()), Some(outq.gid.as_raw())).unwrap();
+    std::fs::set_permissions(MAILDIR, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut c = Command::new("/usr/sbin/outq");
+    c.arg("check");
+    let r = run(c);
+    ok("outq check", &r);
+    assert!(r.stdout.contains("is in order"), "{}", r.stdout);
+
+    let caller = &acc.caller;
+    let r = submit(caller, HELPER, &["-f", "sender@example.org", "one@example.org"], "Subject: one\n\nfirst\n");
+    let first = r.queue_id();
+    let r = submit(caller, "/usr/sbin/outq-sendmail", &["-i", "two@example.org"], "Subject: two\n\nsecond\n");
+    ok("outq-sendmail", &r);
+    assert_eq!(listing(&format!("{SPOOL}/new")).len(), 2, "two entries queued");
+
+    // Reinstalling (an upgrade) keeps the statoverride and the queue.
+    ok("dpkg -i again", &dpkg(&["-i", &deb_arg]));
+    assert_installed(Path::new("/"), &[expect(HELPER.into(), "root", "outqdrop", 0o2755)]);
+    assert_eq!(listing(&format!("{SPOOL}/new")).len(), 2, "an upgrade keeps queued mail");
+    assert!(read(Path::new("/etc/outq/outq.conf")).contains(MAILDIR), "an upgrade keeps the configuration");
+
+    let mut c = Command::new("runuser");
+    c.args(["-u", "outq", "--", "/usr/sbin/outq", "run", "--once", "--log", "stderr"]);
+    ok("outq run --once as outq", &run(c));
+    let delivered = listing(&format!("{MAILDIR}/new"));
+    assert_eq!(delivered.len(), 2, "two messages delivered: {delivered:?}");
+    let texts: Vec<String> = delivered.iter().map(|n| read(&Path::new(MAILDIR).join("new").join(n))).collect();
+    assert!(texts.iter().any(|t| t.contains("Delivered-To: one@example.org") && t.contains("first")), "{texts:?}");
+    assert!(texts.iter().any(|t| t.contains("Delivered-To: two@example.org") && t.contains("second")), "{texts:?}");
+    assert!(delivered.iter().any(|n| n.contains(&first)), "the Maildir file names the queue ID {first}");
+    for q in ["new", "active", "deferred", "failed", "corrupt"] {
+        assert_eq!(listing(&format!("{SPOOL}/{q}")), Vec::<String>::new(), "{q}/ is empty after delivery");
+    }
+
+    // Remove: the queued mail, configuration, accounts and statoverride stay.
+    let r = submit(caller, HELPER, &["-f", "sender@example.org", "three@example.org"], "Subject: three\n\n3\n");
+    let third = r.queue_id();
+    ok("dpkg -r", &dpkg(&["-r", "outq"]));
+    for p in ["/usr/sbin/outq", HELPER, "/usr/sbin/outq-sendmail", "/usr/lib/systemd/system/outq.service"] {
+        assert!(std::fs::symlink_metadata(p).is_err(), "{p} is still there after dpkg -r");
+    }
+    assert_eq!(listing(&format!("{SPOOL}/new")), vec![third.clone()], "dpkg -r keeps queued mail");
+    assert!(Path::new("/etc/outq/outq.conf").exists(), "dpkg -r keeps the configuration");
+    assert!(User::from_name("outq").unwrap().is_some() && Group::from_name("outqdrop").unwrap().is_some());
+    assert_eq!(statoverride(), "root outqdrop 2755 /usr/sbin/outq-enqueue", "dpkg -r keeps the statoverride");
+    if sendmail_before == "absent" {
+        assert_eq!(sendmail_now(), "absent", "dpkg -r withdraws the sendmail alternative");
+    } else if !sendmail_before.starts_with("link") {
+        assert_eq!(sendmail_now(), sendmail_before);
+    }
+
+    // Purge: everything goes.
+    ok("dpkg -P", &dpkg(&["-P", "outq"]));
+    assert!(package_state().is_empty() || package_state().contains("not-installed"), "{}", package_state());
+    for p in [SPOOL, "/etc/outq", "/etc/systemd/system/multi-user.target.wants/outq.service"] {
+        assert!(std::fs::symlink_metadata(p).is_err(), "{p} is still there after dpkg -P");
+    }
+    assert!(User::from_name("outq").unwrap().is_none(), "dpkg -P removes the user outq");
+    assert!(Group::from_name("outq").unwrap().is_none(), "dpkg -P removes the group outq");
+    assert!(Group::from_name("outqdrop").unwrap().is_none(), "dpkg -P removes the group outqdrop");
+    assert_eq!(statoverride(), "", "dpkg -P removes the statoverride");
+    if !sendmail_before.starts_with("link") {
+        assert_eq!(sendmail_now(), sendmail_before, "/usr/sbin/sendmail is as it was before the package");
+    }
+}
