@@ -8,14 +8,19 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 if [ "$(id -u)" = 0 ] && [ -z "${OUTQ_DEMO_AS_NOBODY:-}" ]; then
     (cd "$top" && cargo build --workspace --quiet)
-    chmod o+rx "$top/target" "$top/target/debug" 2>/dev/null || true
+    # Copies nobody can run, wherever the checkout is.
+    bindir=$(mktemp -d /tmp/outq-demo-bin.XXXXXX)
+    chmod 0755 "$bindir"
+    target=${CARGO_TARGET_DIR:-$top/target}
+    for b in outq outq-enqueue outq-sendmail; do install -m 0755 "$target/debug/$b" "$bindir/"; done
+    cp "$0" "$bindir/demo.sh"
     exec setpriv --reuid=nobody --regid=nogroup --clear-groups \
-        env -i PATH=/usr/bin:/bin OUTQ_DEMO_AS_NOBODY=1 OUTQ_DEMO_BIN="$top/target/debug" bash "$0"
+        env -i PATH=/usr/bin:/bin OUTQ_DEMO_AS_NOBODY=1 OUTQ_DEMO_BIN="$bindir" bash "$bindir/demo.sh"
 fi
 bin=${OUTQ_DEMO_BIN:-}
 if [ -z "$bin" ]; then
     (cd "$top" && cargo build --workspace --quiet)
-    bin="$top/target/debug"
+    bin="${CARGO_TARGET_DIR:-$top/target}/debug"
 fi
 demo=$(mktemp -d /tmp/outq-demo.XXXXXX)
 echo "# private spool in $demo/spool, as $(id -un)"

@@ -514,6 +514,21 @@ impl DevSpool {
     }
 }
 
+/// A parent directory for test spools whose every ancestor a configuration
+/// may live under: as root, `/run/outq-tests` (root 0755: root trusts no
+/// sticky `/tmp` and the checkout may be anywhere); otherwise the cargo
+/// target's scratch directory, owned by the user running the tests.
+pub fn trusted_tmp_parent() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        let p = PathBuf::from("/run/outq-tests");
+        let _ = std::fs::create_dir(&p);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    } else {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+    }
+}
+
 /// A spool, a configuration (`-C`) for outq-sendmail naming it and the
 /// built helper, with `myhostname = host.example`.
 pub struct SendmailSpool {
@@ -530,7 +545,7 @@ impl SendmailSpool {
 
     /// With `helper` as enqueue_program and `extra` configuration lines.
     pub fn with(helper: &Path, extra: &str) -> SendmailSpool {
-        let spool = DevSpool::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")));
+        let spool = DevSpool::new_in(&trusted_tmp_parent());
         let text = format!(
             "spool_directory = {}\nspool_min_free = 0\nmyhostname = {SENDMAIL_HOST}\nenqueue_program = {}\n{extra}",
             spool.root().display(),
