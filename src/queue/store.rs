@@ -253,6 +253,14 @@ impl Store {
             .map(|st| u64::try_from(st.st_mtime).unwrap_or(0))
     }
 
+    /// When a state file was last changed (ctime), for sweeping temporary
+    /// files.
+    pub fn state_ctime(&self, name: &str) -> Option<u64> {
+        fstatat(self.state.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .ok()
+            .map(|st| u64::try_from(st.st_ctime).unwrap_or(0))
+    }
+
     /// Replace the state of `id` durably: temporary file, mtime set to the
     /// next attempt, fsync, rename, fsync of `state/`.
     pub fn write_state(&self, id: &str, state: &State) -> Result<(), Errno> {

@@ -134,12 +134,27 @@ pub fn sweep(store: &Store, s: &Settings) {
             continue;
         }
         let entry_name = name.strip_suffix(crate::queue::store::REQUEST_SUFFIX).unwrap_or(&name);
-        if !present.contains(entry_name) && store.remove_state(&name).is_ok() {
+        // The listing above is not atomic: an operator command may have
+        // moved the entry from a queue not yet listed to one already
+        // listed. Every such move writes the state first, so a state file
+        // changed within the hour is never taken for an orphan; and the
+        // entry is looked for again just before removing.
+        let orphan = !present.contains(entry_name) && old_state(store, &name, t) && !exists_anywhere(store, entry_name);
+        if orphan && store.remove_state(&name).is_ok() {
             logging::info(&format!("{}: removed orphan state file", outq_spool::log::escape(name.as_bytes())));
         }
     }
 }
 
+/// Whether an entry named `name` is in any queue right now.
+fn exists_anywhere(store: &Store, name: &str) -> bool {
+    [Queue::New, Queue::Corrupt, Queue::Failed, Queue::Hold, Queue::Deferred, Queue::Active]
+        .iter()
+        .any(|&q| store.stat(q, name).is_ok())
+}
+
+/// Whether a state file was last written more than an hour ago. Its ctime
+/// says when (its mtime is the next attempt, which may be any time).
 fn old_state(store: &Store, name: &str, now: u64) -> bool {
-    store.due_time(name).is_some_and(|m| now.saturating_sub(m) > 3600)
+    store.state_ctime(name).is_some_and(|c| now.saturating_sub(c) > 3600)
 }

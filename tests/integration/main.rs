@@ -23,4 +23,5 @@ mod privileged;
 mod runner;
 mod sendmail;
 mod smtp;
+mod soak;
 mod support;
