@@ -129,6 +129,10 @@ impl State {
         if !text.ends_with("\nend\n") {
             return Err("missing end (truncated)".into());
         }
+        // outq writes printable ASCII only (texts are escaped).
+        if text.bytes().any(|b| b != b'\n' && !(0x20..0x7f).contains(&b)) {
+            return Err("control or non-ASCII byte".into());
+        }
         let mut lines = text.split_terminator('\n');
         if lines.next() != Some(MAGIC) {
             return Err("not an outq state file".into());

@@ -82,6 +82,9 @@ pub struct Section {
 #[derive(Debug)]
 pub enum ReadError {
     TooLarge,
+    /// A CR not followed by LF in the header section: the relay would see
+    /// a line end that this parser did not (a hidden Bcc: field).
+    BareCr,
     Io(io::Error),
 }
 
@@ -128,6 +131,11 @@ pub fn read_section<R: BufRead>(r: &mut R) -> Result<Section, ReadError> {
     let end = loop {
         let Some(line) = read_line(r, MAX_HEADER_BYTES - used)? else { break End::Eof };
         used += line.len();
+        // Every CR must be the first half of a CRLF (also on a last line
+        // without LF, which would be joined to what render adds).
+        if line.iter().enumerate().any(|(i, &b)| b == b'\r' && line.get(i + 1) != Some(&b'\n')) {
+            return Err(ReadError::BareCr);
+        }
         if eol.is_none() && line.ends_with(b"\n") {
             eol = Some(if line.ends_with(b"\r\n") { b"\r\n" } else { b"\n" });
         }
@@ -410,6 +418,16 @@ mod tests {
         }
         let mut r = io::BufReader::new(&many[..]);
         assert!(matches!(read_section(&mut r), Err(ReadError::TooLarge)));
+    }
+
+    #[test]
+    fn a_bare_cr_in_the_header_section_is_refused() {
+        let mut r = std::io::Cursor::new(b"To: a@b.example\rBcc: hidden@x.example\nSubject: hi\n\nbody\n".to_vec());
+        assert!(matches!(read_section(&mut r), Err(ReadError::BareCr)));
+        let mut r = std::io::Cursor::new(b"To: a@b.example\r\n\tc@d.example,\r".to_vec());
+        assert!(matches!(read_section(&mut r), Err(ReadError::BareCr)));
+        let mut r = std::io::Cursor::new(b"To: a@b.example\r\nSubject: hi\r\n\r\nbody\r\n".to_vec());
+        assert!(read_section(&mut r).is_ok());
     }
 
     #[test]

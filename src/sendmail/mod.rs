@@ -119,6 +119,11 @@ fn run() -> Result<Done, Failure> {
             format!("the header section is longer than {} bytes", headers::MAX_HEADER_BYTES),
             "send a message with a smaller header",
         ),
+        headers::ReadError::BareCr => Failure::new(
+            Code::DataErr,
+            "a header line contains a CR that does not end the line",
+            "end header lines with LF or CRLF only",
+        ),
         headers::ReadError::Io(e) => helper::input_failure(&e),
     })?;
 

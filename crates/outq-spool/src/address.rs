@@ -90,7 +90,7 @@ impl Mailbox {
         check_bytes(raw)?;
         let inner = strip_brackets(raw)?;
         if inner.contains(&b'@') || inner.is_empty() {
-            return Mailbox::parse(inner);
+            return Mailbox::parse(raw);
         }
         check_common(inner)?;
         if !is_dot_string(inner) {

@@ -207,7 +207,12 @@ fn decimal(s: &str, field: &'static str) -> Result<u64, FormatError> {
 }
 
 fn bracketed<'a>(s: &'a str, field: &'static str) -> Result<&'a str, FormatError> {
-    s.strip_prefix('<').and_then(|s| s.strip_suffix('>')).ok_or(FormatError::BadValue { field })
+    // Exactly one pair: no address starts with '<' or ends with '>', and
+    // the address parsers would otherwise strip a second pair.
+    match s.strip_prefix('<').and_then(|s| s.strip_suffix('>')) {
+        Some(inner) if !inner.starts_with('<') && !inner.ends_with('>') => Ok(inner),
+        _ => Err(FormatError::BadValue { field }),
+    }
 }
 
 /// Parse the header from `r`, positioned at the start of the file. Does not
@@ -417,6 +422,8 @@ sender <>\nrcpt <alice@example.org>\nsize 00000000000000000001\n\nx\nEND\n"
             (good.replace("\n\nSubject", "\nx\nSubject"), "no blank line"),
             (good.replace("\nEND\n", "\nEND\r"), "bad trailer"),
             (good.replace("login www-data\n", "login www-data\nlogin root\n"), "duplicate field"),
+            (good.replace("rcpt <alice@example.org>", "rcpt <<alice@example.org>>"), "double brackets"),
+            (good.replace("sender <www-data@host.example>", "sender <<>>"), "double null sender"),
             (good.replace("id 0692A1B2C3D4E5F60718293A4B\narrival", "arrival"), "missing id"),
         ];
         for (text, what) in cases {
