@@ -90,19 +90,7 @@ pub struct DevSpool {
 
 impl DevSpool {
     pub fn new() -> DevSpool {
-        let dir = tempfile::Builder::new().prefix("outq-test-").tempdir().unwrap();
-        let root = dir.path().join("spool");
-        std::fs::create_dir(&root).unwrap();
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
-        for p in outq_spool::layout::PARTS.iter().filter(|p| !p.name.is_empty()) {
-            let path = root.join(p.name);
-            match p.kind {
-                outq_spool::layout::Kind::Dir => std::fs::create_dir(&path).unwrap(),
-                outq_spool::layout::Kind::File => drop(std::fs::File::create(&path).unwrap()),
-            }
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(p.mode)).unwrap();
-        }
-        DevSpool { dir }
+        DevSpool::new_in(&std::env::temp_dir())
     }
 
     pub fn root(&self) -> PathBuf {
