@@ -118,8 +118,9 @@ conf_is_ours() { [ -f "$conf" ] && [ -n "$conf_text" ] && [ "$(cat "$conf" 2>/de
 # leave theirs alone and keep the saved original where it is, loudly:
 # deleting it could lose the only copy.
 restore_conf() {
-    [ "$conf_ours" = 1 ] || return 0
-    if conf_is_ours; then
+    if [ "$conf_ours" != 1 ]; then
+        :
+    elif conf_is_ours; then
         if [ -n "$conf_saved" ] && [ -e "$conf_saved" ]; then
             mv -f "$conf_saved" "$conf"
         else
@@ -132,16 +133,23 @@ restore_conf() {
         fi
     fi
     conf_ours=0
+    rm -f "$conf.$tag-new" 2>/dev/null
+    if [ "$etc_created" = 1 ]; then
+        rmdir /etc/outq 2>/dev/null || echo "enqueue.sh: WARNING: /etc/outq (created by this run) is not empty; left in place" >&2
+        etc_created=0
+    fi
+    # Only now may the privileged tests have /etc/outq.
+    if [ -n "${lock_fd:-}" ]; then
+        flock -u "$lock_fd" 2>/dev/null || true
+        exec {lock_fd}>&-
+        lock_fd=""
+    fi
 }
 
 cleanup() {
     local rc=$?
     set +e
     restore_conf
-    rm -f "$conf.$tag-new" 2>/dev/null
-    if [ "$etc_created" = 1 ]; then
-        rmdir /etc/outq 2>/dev/null || echo "enqueue.sh: WARNING: /etc/outq (created by this run) is not empty; left in place" >&2
-    fi
     [ -n "$work" ] && rm -rf "$work"
     local u g
     for u in "${made_users[@]}"; do
@@ -232,6 +240,16 @@ if [ "$root" = 1 ]; then
     grp="${tag}d"
     owner="${tag}o"
     caller="${tag}c"
+    # outq's privileged tests serialise their use of /etc/outq with an
+    # exclusive flock on /run/outq-tests.lock (tests/integration/support.rs):
+    # hold it too while the file is ours (released in restore_conf).
+    test_lock=/run/outq-tests.lock
+    [ -e "$test_lock" ] || (umask 077 && : >>"$test_lock")
+    exec {lock_fd}>>"$test_lock"
+    if ! flock -x -n "$lock_fd"; then
+        say "waiting for $test_lock (outq's privileged tests are running; up to ${BENCH_WAIT}s)"
+        flock -x -w "$BENCH_WAIT" "$lock_fd" || die "$test_lock is still held after ${BENCH_WAIT}s"
+    fi
     # Another test running as root may be using /etc/outq/outq.conf (the
     # privileged tests do): wait until the file has been left alone for
     # BENCH_QUIET seconds and does not name an existing temporary spool,

@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# bench/report.sh: assemble bench/RESULTS.md from the sections' latest
+# output in bench/out/ (called by bench/run; can be rerun on its own).
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+bench="$top/bench"
+OUT=${OUT:-$bench/out}
+RESULTS=${RESULTS:-$bench/results}
+res="$bench/RESULTS.md"
+export LC_ALL=C
+
+fmt() { awk -v x="$1" -v d="${2:-2}" 'BEGIN {printf "%.*f", d, x}'; }
+calc() { awk "BEGIN {printf \"%.9f\", $1}"; }
+le() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a <= b)}'; }
+lt() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a < b)}'; }
+ok() { if "$@"; then echo "**met**"; else echo "**missed**"; fi; }
+have() { [ -s "$OUT/$1.summary" ]; }
+# get SECTION LINE-PREFIX KEY: the value of KEY= on the summary line that
+# starts with LINE-PREFIX (followed by a space).
+get() { awk -v p="$2" -v k="$3" '$1 == p {for (i = 2; i <= NF; i++) if (index($i, k "=") == 1) {print substr($i, length(k) + 2); exit}}' "$OUT/$1.summary"; }
+get2() { awk -v p="$2" -v q="$3" -v k="$4" '$1 == p && $2 == q {for (i = 3; i <= NF; i++) if (index($i, k "=") == 1) {print substr($i, length(k) + 2); exit}}' "$OUT/$1.summary"; }
+# demote N: markdown headings N levels down, code blocks left alone.
+demote() { awk -v n="$1" '/^```/ {f = !f} !f && /^#/ {p = ""; for (i = 0; i < n; i++) p = p "#"; $0 = p $0} {print}'; }
+when() { if [ -s "$OUT/$1.when" ]; then cat "$OUT/$1.when"; else echo "not run"; fi; }
+ms() { fmt "$(calc "$1 * 1000")" 2; }
+
+# Why the missed targets are missed, what dominates, what would fix it;
+# and what in outq's code was found slow. Numbers from this run's output.
+analysis() {
+    echo "## Why targets are missed, and what would fix them"
+    echo
+    local any=0
+    # ---- enqueue against the floor
+    local miss_floor=0 size lab
+    if have enqueue && grep -q 'Why not, for' "$OUT/enqueue.md"; then miss_floor=1; fi
+    if have peers; then
+        for size in 4k 1m; do
+            le "$(get peers "one_$size" rf)" 1.2 || miss_floor=1
+            le "$(get peers "conc_$size" rf)" 1.2 || miss_floor=1
+        done
+    fi
+    if [ "$miss_floor" = 1 ]; then
+        any=1
+        echo "### outq-enqueue is more than 1.2× the floor"
+        echo
+        echo "One caller (bench/enqueue.sh's breakdown, from this run; \`strace -T\` durations and start-up runs):"
+        echo
+        grep '^Why not, for' "$OUT/enqueue.md" | sed 's/^/- /; s/ See "Where the time goes"\.//' || true
+        echo
+        if have peers; then
+            local fo fc oc ot ff fs
+            oc=$(get peers strace_fsync outq_calls) ot=$(get peers strace_fsync outq_s)
+            fc=$(get peers strace_fsync floor_calls) fs=$(get peers strace_fsync floor_s)
+            local m
+            m=$(get peers strace_fsync msgs)
+            local co cf ro rf2 po pf
+            co=$(get peers conc_4k cpu_outq) cf=$(get peers conc_4k cpu_floor)
+            ro=$(get peers conc_4k outq) rf2=$(get peers conc_4k floor)
+            po=$(calc "2 / $co") pf=$(calc "2 / $cf")
+            echo "8 callers (bench/peers.sh): the time per message is $(get peers conc_4k rf)× the floor's for 4 KB and $(get peers conc_1m rf)× for 1 MB. With 8 callers on 2 cores the limit is CPU, not the disk:"
+            echo
+            echo "- CPU per 4 KB message (median, user + system, from \`wait4\`): outq-enqueue $(ms "$co") ms, dd $(ms "$cf") ms ($(fmt "$(calc "$co / $cf")" 2)×). Two cores divided by that predict at most $(fmt "$po" 0) msg/s for outq and $(fmt "$pf" 0) for dd; measured: $(fmt "$ro" 0) ($(fmt "$(calc "100 * $ro / $po")" 0) % of its CPU limit) and $(fmt "$rf2" 0) ($(fmt "$(calc "100 * $rf2 / $pf")" 0) %). The ratio of the rates follows the ratio of CPU per message."
+            echo "- Where the extra CPU goes: per message, under \`strace -f -c -w\`, the helper makes $(fmt "$(calc "$(get peers strace_openat outq_calls) / $m")" 1) \`openat\` and $(fmt "$(calc "$(get peers strace_newfstatat outq_calls) / $m")" 1) \`newfstatat\` calls against dd's $(fmt "$(calc "$(get peers strace_openat floor_calls) / $m")" 1) and $(fmt "$(calc "$(get peers strace_newfstatat floor_calls) / $m")" 1), and $(fmt "$(calc "$(get peers strace_total outq_calls) / $m")" 0) system calls in all against $(fmt "$(calc "$(get peers strace_total floor_calls) / $m")" 0) (the driver's included in both)."
+            echo "- Flushes: the helper makes $(fmt "$(calc "$oc / $m")" 1) \`fsync\` calls per message and spends $(fmt "$(calc "$ot * 1000 / $m")" 2) ms of wall time in them, dd $(fmt "$(calc "$fc / $m")" 1) and $(fmt "$(calc "$fs * 1000 / $m")" 2) ms. Both rates are close to their CPU limits, so the extra flush shows in each caller's latency (p50 $(ms "$(get peers conc_4k lat50)") ms for outq) more than in the throughput."
+            echo
+        fi
+        echo "What dominates, then: with one caller, the second \`fsync\` and the helper's start-up and checks (the split above); with 8 callers, the CPU the helper spends before and after its write. That work is: dynamic loading (libgcc_s and libc, in secure mode), /proc/self/maps read at start-up (glibc's \`pthread_getattr_np\`, for Rust's main-thread stack guard), the configuration's and the spool's paths walked one component at a time with \`O_NOFOLLOW\` and an owner check each (about a dozen \`openat\` + \`fstat\` pairs), a password-database lookup through NSS (two nscd socket attempts, /etc/nsswitch.conf, /etc/passwd), \`fstatfs\`, and for the syslog record /etc/localtime and a socket to /dev/log. dd does none of it."
+        echo
+        echo "What would fix it:"
+        echo
+        echo "1. Less start-up work: link the helper statically (no ld.so work or shared-library mapping in secure mode); look the caller's login up only where it is used (the \`login\` header field is informational; the runner takes the submitter from the file's owner) or read /etc/passwd directly instead of through NSS; walk the components the configuration's and the spool's paths share (/, /var or /etc) once, not twice. This is what the 8-caller ratio follows."
+        echo "2. One flush instead of two: write the whole entry, rename it into new/, then \`fsync\` once. On ext4 (data=ordered) that fsync commits the journal transaction holding both the data and the rename; a crash before it can leave only an entry that was never acknowledged (exit 0 comes after the fsync), and the runner already refuses a partial entry (size field and trailer) and moves it to corrupt/. This removes the second journal commit from every caller's latency. (Where the filesystem gives no such ordering, the second fsync is what makes the rename durable; the trade-off would have to be documented.)"
+        echo "3. The floor keeps its advantage under concurrency only as long as the helper does more per message: with (1) and (2) the helper's CPU and flush count approach dd's."
+        echo
+    fi
+    # ---- enqueue against Postfix
+    if have peers; then
+        local missp=0
+        for size in 4k 1m; do
+            le "$(get peers "one_$size" rp)" 0.3 || missp=1
+            le "$(get peers "conc_$size" rp)" 0.3 || missp=1
+        done
+        if [ "$missp" = 1 ]; then
+            any=1
+            echo "### outq-enqueue is more than 0.3× Postfix's sendmail"
+            echo
+            for size in 4k 1m; do
+                lab="4 KB"
+                [ "$size" = 1m ] && lab="1 MB"
+                local f p o best
+                f=$(get peers "one_$size" floor) p=$(get peers "one_$size" postfix) o=$(get peers "one_$size" outq)
+                best=$(fmt "$(calc "$f / $p")" 2)
+                echo "- 1 caller, $lab: Postfix's \`sendmail\` + \`postdrop\` takes $(ms "$p") ms here, outq $(ms "$o") ms ($(get peers "one_$size" rp)×). The floor itself (exec + write + fsync) is $(ms "$f") ms = ${best}× Postfix: $(if le "$best" 0.3; then echo "the target is reachable: outq's own overhead over the floor is what stands in the way (see above)"; else echo "on this machine **no** program that execs, writes and fsyncs could reach 0.3× Postfix: the target assumes a Postfix about 6.5× the floor (shared/ANCHORS.md: 20.7 ms against a 3.2 ms floor, measured by another method), but here Postfix costs only $(fmt "$(calc "$p / $f")" 1)× the floor. Closing outq's gap to the floor (above) is all that can be done"; fi)."
+            done
+            echo "- 8 callers: $(get peers conc_4k rp)× (4 KB) and $(get peers conc_1m rp)× (1 MB) of Postfix's time per message: Postfix's enqueue is not finished when postdrop exits; pickup and cleanup rewrite every message into the queue (another file, another fsync) and compete for the same 2 cores."
+            echo
+        fi
+        local missn=0
+        for size in 4k 1m; do
+            lt "$(get peers "one_$size" rn)" 1 || missn=1
+            lt "$(get peers "conc_$size" rn)" 1 || missn=1
+        done
+        if [ "$missn" = 1 ]; then
+            any=1
+            echo "### outq-enqueue is not faster than nullmailer-queue everywhere"
+            echo
+            echo "nullmailer-queue also makes two flushes (fsync of the file, link into queue/, fsync of queue/, which it may open), but it is a small C++ program with little to check. Ratios outq / nullmailer here: 1 caller $(get peers one_4k rn)× (4 KB), $(get peers one_1m rn)× (1 MB); 8 callers $(get peers conc_4k rn)× (4 KB), $(get peers conc_1m rn)× (1 MB); CPU per 4 KB message with 8 callers: outq $(ms "$(get peers conc_4k cpu_outq)") ms, nullmailer $(ms "$(get peers conc_4k cpu_nullmailer)") ms. The difference is outq's start-up and checks (above), and the fixes are the same (1 and 2 above). nullmailer buys its speed by checking less: no size, recipient or time limit, no configuration or spool ownership checks (shared/ANCHORS.md)."
+            echo
+        fi
+    fi
+    # ---- drain
+    if have drain; then
+        local R s missd=0
+        for R in 1 10; do
+            for s in outq-new-c4 outq-new-c10 outq-deferred-c4; do
+                local rp rn
+                rp=$(get2 drain "drain_r$R" "$s" rp) rn=$(get2 drain "drain_r$R" "$s" rn)
+                [ -n "$rp" ] || continue
+                le 1 "$rp" || missd=1
+                le 5 "$rn" || missd=1
+            done
+        done
+        if [ "$missd" = 1 ]; then
+            any=1
+            echo "### The drain is slower than a target"
+            echo
+            echo "See the code findings below: outq's SMTP client waits for one round trip per command (no PIPELINING) and sends RSET before every message; the drain is bound by round trips, not CPU."
+            echo
+        fi
+    fi
+    # ---- scale
+    if have scale; then
+        local rr rb oa
+        rr=$(get scale scale rss_run_max) rb=$(get scale scale rss_big_max) oa=$(get scale scale openat)
+        if ! lt "$rr" 32768 || ! lt "$rb" 32768 || ! lt "$oa" 1000; then
+            any=1
+            echo "### Scale"
+            echo
+            echo "Peak memory with $(get scale scale entries) entries: $(fmt "$(calc "$rr / 1024")" 1) MiB; with one 100 MB message: $(fmt "$(calc "$rb / 1024")" 1) MiB; openat calls: $oa. The runner keeps every name of deferred/ (and, in its sweep, of every queue and of state/) in memory at once (src/runner/mod.rs \`pass\`, src/runner/recover.rs \`sweep\`); streaming the directory instead of collecting it would bound that."
+            echo
+        fi
+    fi
+    [ "$any" = 1 ] || { echo "Every target is met in this run."; echo; }
+
+    # ---- code findings
+    echo "## What in outq's code was found slow (not changed: bench/ only)"
+    echo
+    local tr="$RESULTS/drain/strace-outq-new-c4-r1.txt"
+    if [ -s "$tr" ]; then
+        local n
+        n=$(get2 drain drain_r1 outq-new-c4 count)
+        pm() { awk -v s="$1" -v n="$n" '$NF == s {printf "%.1f", $4 / n; exit}' "$tr"; }
+        echo "From the drain (one traced run, $n messages of 1 recipient, connections 4; \`bench/results/drain/strace-outq-new-c4-r1.txt\`), system calls per message: sendto $(pm sendto), recvfrom $(pm recvfrom), setsockopt $(pm setsockopt), write $(pm write), openat $(pm openat), newfstatat $(pm newfstatat), futex $(pm futex)."
+        echo
+    fi
+    local w1 c1 cnt
+    w1=$(get2 drain drain_r1 outq-new-c4 wall 2>/dev/null || true)
+    cnt=$(get2 drain drain_r1 outq-new-c4 count 2>/dev/null || true)
+    c1=$(get2 drain drain_r1 outq-new-c4 cpu_ms 2>/dev/null || true)
+    echo "1. **One round trip per SMTP command, and an RSET before every message.** \`src/deliver/smtp/mod.rs:350\` (\`session\`) sends RSET on the kept connection before each message, and \`transaction\` (\`mod.rs:365\`ff.) writes MAIL FROM, each RCPT TO and DATA one at a time, each waiting for its reply, although the relay offers PIPELINING (smtp-sink does, as do Postfix and most relays). A 1-recipient message costs 5 round trips (sendto/recvfrom above), a 10-recipient one 14. Evidence: the runner is mostly waiting: ${c1:+its CPU is $(fmt "$c1" 3) ms per message while each of its 4 connections delivers a message every $(fmt "$(calc "4 * 1000 * ${w1:-0} / ${cnt:-10000}")" 2) ms;} the rest is waiting for replies. Fix: RFC 2920 pipelining of MAIL/RCPT/DATA (the per-recipient results stay exact: the replies come back in order), and RSET only after a transaction that was abandoned, or when the connection has been idle for a while. Expected: 2 round trips per message instead of 5 (1 recipient) or 14 (10 recipients)."
+    echo "2. **A setsockopt before every socket read and write.** \`src/deliver/smtp/client.rs:58-69\` (\`Sock::read\`/\`Sock::write\`) call \`set_read_timeout\`/\`set_write_timeout\` before every read and write to enforce the step's deadline. Evidence: setsockopt per message above, as many as sendto and recvfrom together. Fix: remember the timeout last set and call setsockopt only when the remaining time has changed by more than a margin, or wait with \`poll\` on the remaining time."
+    echo "3. **A password-database lookup per delivery.** \`src/runner/attempt.rs:40\` (\`login_of\`, for the Received header) calls \`User::from_uid\` for every message: glibc opens, \`fstat\`s and reads /etc/passwd every time (with the \`files\` NSS backend and no nscd). Of the openat calls per message above, two fail (the absent state and request files, looked up for every fresh entry) and two succeed: the entry and /etc/passwd. Fix: a small uid → login cache per worker (the submitters are few)."
+    echo "4. **Three write(2) per log line on standard error.** \`src/logging.rs:35\` \`writeln!\` to the unbuffered stderr writes the prefix, the text and the newline separately; three lines per delivered message. Minor (production logs to syslog: one \`send\` per line); format into one buffer and write once."
+    if have scale; then
+        echo "5. **\`outq run --once\` reads deferred/ twice and keeps every name.** Start-up \`sweep\` (\`src/runner/recover.rs:96\`, the orphan check from :124) collects the names of every queue into a \`HashSet\` and lists state/, then \`pass\` (\`src/runner/mod.rs:230\`) lists deferred/ again and \`stat\`s each state file. It opens no entry ($(get scale scale openat) openat for $(get scale scale entries) entries) and stays under the target ($(fmt "$(calc "$(get scale scale rss_run_max) / 1024")" 1) MiB), but its memory grows with the queue: about $(fmt "$(calc "($(get scale scale rss_run_max) - $(get scale scale rss_big_max)) * 1024 / $(get scale scale entries)")" 0) bytes per entry over the runner's base (the $(fmt "$(calc "$(get scale scale rss_big_max) / 1024")" 1) MiB of the one-message run), so 32 MiB would be crossed near $(fmt "$(calc "(32768 - $(get scale scale rss_big_max)) * $(get scale scale entries) / ($(get scale scale rss_run_max) - $(get scale scale rss_big_max)) / 1000")" 0) 000 deferred entries. Streaming the directory (due entries only kept) and running the orphan check over sorted listings, or less often than the due scan, would keep it flat."
+        echo "6. **\`outq list\` opens and validates every entry and its state file** (\`src/ops/inventory.rs\` \`view\`): $(fmt "$(get scale scale list_s)" 2) s for $(get scale scale entries) entries warm, $(fmt "$(get scale scale cold_list)" 2) s cold. Expected for a full listing; \`outq status\` (only \`stat\`s) takes $(fmt "$(get scale scale status_s)" 2) s."
+    fi
+    echo
+}
+
+{
+    echo "# outq benchmarks"
+    echo
+    echo "Written by \`bench/run\` (\`sudo bench/run\`, or \`sudo bench/run SECTION...\` for some; see its header). Sections last run: enqueue $(when enqueue); peers $(when peers); drain $(when drain); scale $(when scale)."
+    echo
+    echo "Build: $(cat "$OUT/build.txt" 2>/dev/null || echo unknown)."
+    echo
+    echo "## Machine"
+    echo
+    cat "$OUT/machine.md" 2>/dev/null || echo "(not recorded)"
+    echo
+    echo "How quiet it was: this machine also runs other work (fuzzers, CI builds). \`bench/run\` waits before each section until the 1-minute load average is below 0.5 (at most 15 minutes, then it measures anyway and says so below); each section records the load average and the number of other processes (cargo, rustc, clippy, fuzzers, outq's test binaries) before and after it; the drain and the 8-caller runs also wait, before each run or round, until no such process is left. A load average taken after a section includes the section's own processes (8 callers, Postfix's daemons)."
+    echo
+    for s in enqueue peers drain scale; do
+        [ -s "$OUT/$s.quiet" ] && echo "- $s: $(cat "$OUT/$s.quiet")"
+    done
+    echo
+    echo "## Targets"
+    echo
+    echo "Every ratio is against an anchor measured in the same run, on the same machine."
+    echo
+    echo "| area | target | case | measured | anchor | ratio | result |"
+    echo "| --- | --- | --- | --- | --- | ---: | --- |"
+    if have enqueue; then
+        for size in 4k 1m; do
+            line=$(grep "^$size:" "$OUT/enqueue.summary" || true)
+            h=$(sed -n 's/.*helper \([0-9.]*\) ms.*/\1/p' <<<"$line")
+            f=$(sed -n 's/.*floor \([0-9.]*\) ms.*/\1/p' <<<"$line")
+            r=$(sed -n 's/.*direct ratio \([0-9.]*\)x.*/\1/p' <<<"$line")
+            lab="4 KB"
+            [ "$size" = 1m ] && lab="1 MB"
+            [ -n "$r" ] && echo "| enqueue | ≤ 1.2× the floor (\`dd conv=fsync\`) | 1 caller, $lab, bench/enqueue.sh (launch chain out) | ${h} ms | ${f} ms | ${r}× | $(ok le "$r" 1.2) |"
+        done
+    fi
+    if have peers; then
+        for size in 4k 1m; do
+            lab="4 KB"
+            [ "$size" = 1m ] && lab="1 MB"
+            o=$(get peers "one_$size" outq) f=$(get peers "one_$size" floor) p=$(get peers "one_$size" postfix) n=$(get peers "one_$size" nullmailer)
+            rf=$(get peers "one_$size" rf) rp=$(get peers "one_$size" rp) rn=$(get peers "one_$size" rn)
+            echo "| enqueue | ≤ 1.2× the floor | 1 caller, $lab, bench/peers.sh | $(ms "$o") ms | $(ms "$f") ms | ${rf}× | $(ok le "$rf" 1.2) |"
+            echo "| enqueue | ≤ 0.3× Postfix sendmail | 1 caller, $lab | $(ms "$o") ms | $(ms "$p") ms | ${rp}× | $(ok le "$rp" 0.3) |"
+            echo "| enqueue | faster than nullmailer-queue | 1 caller, $lab | $(ms "$o") ms | $(ms "$n") ms | ${rn}× | $(ok lt "$rn" 1) |"
+        done
+        for size in 4k 1m; do
+            lab="4 KB"
+            [ "$size" = 1m ] && lab="1 MB"
+            o=$(get peers "conc_$size" outq) f=$(get peers "conc_$size" floor) p=$(get peers "conc_$size" postfix) n=$(get peers "conc_$size" nullmailer)
+            rf=$(get peers "conc_$size" rf) rp=$(get peers "conc_$size" rp) rn=$(get peers "conc_$size" rn)
+            echo "| enqueue | ≤ 1.2× the floor (time per message) | 8 callers, $lab | $(fmt "$o" 0) msg/s | $(fmt "$f" 0) msg/s | ${rf}× | $(ok le "$rf" 1.2) |"
+            echo "| enqueue | ≤ 0.3× Postfix sendmail | 8 callers, $lab | $(fmt "$o" 0) msg/s | $(fmt "$p" 0) msg/s | ${rp}× | $(ok le "$rp" 0.3) |"
+            echo "| enqueue | faster than nullmailer-queue | 8 callers, $lab | $(fmt "$o" 0) msg/s | $(fmt "$n" 0) msg/s | ${rn}× | $(ok lt "$rn" 1) |"
+        done
+    fi
+    if have drain; then
+        for R in 1 10; do
+            pr=$(get2 drain "drain_r$R" postfix rate)
+            nr=$(get2 drain "drain_r$R" nullmailer rate)
+            [ -n "$pr" ] || continue
+            for s in outq-new-c4 outq-new-c10 outq-deferred-c4; do
+                r=$(get2 drain "drain_r$R" "$s" rate)
+                c=${s#outq-}
+                c=${c/-c/, connections }
+                echo "| drain | ≥ Postfix's msg/s | $R rcpt, outq from $c | $(fmt "$r" 0) msg/s | $(fmt "$pr" 0) msg/s | $(get2 drain "drain_r$R" "$s" rp)× | $(ok le 1 "$(get2 drain "drain_r$R" "$s" rp)") |"
+            done
+            for s in outq-new-c4 outq-new-c10 outq-deferred-c4; do
+                r=$(get2 drain "drain_r$R" "$s" rate)
+                c=${s#outq-}
+                c=${c/-c/, connections }
+                echo "| drain | ≥ 5× nullmailer's msg/s | $R rcpt, outq from $c | $(fmt "$r" 0) msg/s | $(fmt "$nr" 1) msg/s | $(get2 drain "drain_r$R" "$s" rn)× | $(ok le 5 "$(get2 drain "drain_r$R" "$s" rn)") |"
+            done
+        done
+    fi
+    if have scale; then
+        oa=$(get scale scale openat)
+        rr=$(get scale scale rss_run_max)
+        rb=$(get scale scale rss_big_max)
+        ne=$(get scale scale entries)
+        echo "| scale | no per-entry open in \`outq run --once\` (openat ≪ entries) | $ne deferred, not due | $oa openat | $ne entries | $(fmt "$(calc "$oa / $ne")" 4) per entry | $(ok lt "$oa" "$(calc "$ne / 100")") |"
+        echo "| scale | runner peak memory < 32 MiB | $ne deferred entries | $(fmt "$(calc "$rr / 1024")" 1) MiB (max of 3) | 32 MiB | $(fmt "$(calc "$rr / 32768")" 2)× | $(ok lt "$rr" 32768) |"
+        echo "| scale | runner peak memory < 32 MiB | one $(get scale scale big_bytes)-byte message to smtp-sink | $(fmt "$(calc "$rb / 1024")" 1) MiB (max) | 32 MiB | $(fmt "$(calc "$rb / 32768")" 2)× | $(ok lt "$rb" 32768) |"
+    fi
+    echo
+    if have peers || have drain; then
+        echo "The anchors against shared/ANCHORS.md (measured there \"by another method, not recorded\"): $(if have peers; then echo "here a 4 KB submission costs $(ms "$(get peers one_4k floor)") ms for the floor and $(ms "$(get peers one_4k postfix)") ms for Postfix's sendmail as called directly (launch chain taken out; ANCHORS: 3.2 ms and 20.7 ms), so Postfix is $(fmt "$(calc "$(get peers one_4k postfix) / $(get peers one_4k floor)")" 1)× the floor here against 6.5× there; "; fi)$(if have drain; then echo "Postfix drains $(fmt "$(get2 drain drain_r1 postfix rate)" 0) msg/s (1 recipient) and $(fmt "$(get2 drain drain_r10 postfix rate)" 0) msg/s (10) from a queue of $(get2 drain drain_r1 postfix count) (ANCHORS: 726 and 526 from 2 000), nullmailer-send $(fmt "$(get2 drain drain_r1 nullmailer rate)" 1) msg/s (ANCHORS: 19.5)"; fi). The ratios above use this run's anchors only."
+        echo
+    fi
+    analysis
+    echo "## 1. Enqueue"
+    echo
+    [ -s "$OUT/peers.md" ] && demote 1 <"$OUT/peers.md" && echo
+    if [ -s "$OUT/enqueue/RESULTS.md" ]; then
+        echo "### outq-enqueue against the floor in detail (bench/enqueue.sh, its own report)"
+        echo
+        sed -e '1d' "$OUT/enqueue/RESULTS.md" | demote 2 | sed -e 's/^#### Machine$/#### Machine (as bench\/enqueue.sh saw it)/' \
+            -e 's|`bench/results/\*.json` (rewritten by each run)|`bench/results/enqueue/*.json` (rewritten by each run)|'
+        echo
+    fi
+    echo "## 2. Drain"
+    echo
+    [ -s "$OUT/drain.md" ] && demote 1 <"$OUT/drain.md" && echo
+    echo "## 3. Scale"
+    echo
+    [ -s "$OUT/scale.md" ] && demote 1 <"$OUT/scale.md" && echo
+    echo "## Reproducing"
+    echo
+    echo '```sh'
+    echo 'sudo bench/run                   # everything (~15-25 minutes), then bench/RESULTS.md'
+    echo 'sudo bench/run drain scale       # some sections; the others keep their last results'
+    echo 'BENCH_REV=HEAD sudo -E bench/run # a clean export of a commit instead of the work tree'
+    echo '```'
+    echo
+    echo "Scripts: \`bench/run\` (build, sections, this report), \`bench/enqueue.sh\`, \`bench/peers.sh\`, \`bench/drain.sh\`, \`bench/scale.sh\`, shared set-up and clean-up in \`bench/lib.sh\`, the concurrent-callers driver \`bench/conc.py\`, the spool writer \`bench/spoolgen.py\`, this report \`bench/report.sh\`. Raw data in \`bench/results/\`, temporary output in \`bench/out/\` (both git-ignored). Every section creates its own users, spool, Postfix instance and nullmailer paths and removes them when it ends (also on failure or interruption): nothing stays on the machine but the installed packages."
+} >"$res.tmp"
+mv -f "$res.tmp" "$res"
