@@ -8,8 +8,8 @@
 #   conv=fsync` of the same bytes into a new file on the same filesystem
 #   (exec + write + fsync). It reports medians, the ratio helper/floor and
 #   whether the project's target (helper <= 1.2x the floor) is met, and
-#   writes everything to bench/RESULTS.md (raw hyperfine JSON in
-#   bench/results/).
+#   writes everything to OUT_DIR/RESULTS.md (raw hyperfine JSON in
+#   OUT_DIR/results/); bench/run includes that report in bench/RESULTS.md.
 #
 # Two modes
 #   As root (the real measurement): a production-like install. It creates a
@@ -50,7 +50,9 @@
 #   fill up), BENCH_NO_BUILD=1 (use the existing release build),
 #   BENCH_REV=REV (build that commit from a clean `git archive` export
 #   instead of the work tree),
-#   OUT_DIR (default bench/: where RESULTS.md and results/ go),
+#   OUT_DIR (default bench/out/enqueue/: where its RESULTS.md and results/
+#   go; bench/run, which runs this script, folds that report into
+#   bench/RESULTS.md, so running this script alone does not replace it),
 #   STRACE_RUNS (default 15; 0 skips the strace breakdown), BENCH_WAIT,
 #   BENCH_QUIET.
 #   It builds with CARGO_TARGET_DIR=<repo>/target/bench cargo build --release
@@ -74,7 +76,7 @@
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
-OUT_DIR=${OUT_DIR:-$top/bench}
+OUT_DIR=${OUT_DIR:-$top/bench/out/enqueue}
 RUNS=${RUNS:-200}
 WARMUP=${WARMUP:-20}
 CLEAR_NEW=${CLEAR_NEW:-1}

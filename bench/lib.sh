@@ -13,6 +13,9 @@
 # Everything a section creates is undone by its own exit trap: accounts,
 # directories, /etc/outq/outq.conf, /etc/postfix/main.cf, the nullmailer
 # paths, cgroups, and the processes it started (by PID).
+# shellcheck shell=bash
+# Variables set here are used by the scripts that source this file:
+# shellcheck disable=SC2034
 
 set -euo pipefail
 shopt -s nullglob

@@ -87,7 +87,7 @@ myhostname = bench.example.org"
 
 # ------------------------------------------------------------- commands
 sendmail_cmd="/usr/sbin/sendmail -C $PF/etc -i -f $SENDER $RCPT"
-declare -A CMD STDIN PREP
+declare -A CMD PREP
 wrap() { printf "sh -c 'exec %s %s'" "$as_caller" "$1"; }
 pf_settle="$work/pf-settle"
 cat >"$pf_settle" <<EOF

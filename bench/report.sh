@@ -24,6 +24,63 @@ demote() { awk -v n="$1" '/^```/ {f = !f} !f && /^#/ {p = ""; for (i = 0; i < n;
 when() { if [ -s "$OUT/$1.when" ]; then cat "$OUT/$1.when"; else echo "not run"; fi; }
 ms() { fmt "$(calc "$1 * 1000")" 2; }
 
+# Run-to-run variation: the key ratios of every run recorded in
+# bench/results/history.tsv (written by bench/run), oldest first.
+history() {
+    local h="$RESULTS/history.tsv"
+    [ -s "$h" ] || return 0
+    hv() { # run-key(time\tbuild) section prefix key
+        awk -F'\t' -v t="$1" -v sec="$2" -v p="$3" -v k="$4" '($1 "\t" $2) == t && $3 == sec {n = split($4, f, " "); if (f[1] != p) next; for (i = 2; i <= n; i++) if (index(f[i], k "=") == 1) {print substr(f[i], length(k) + 2); exit}}' "$h"
+    }
+    hv2() { # run-key section prefix second key
+        awk -F'\t' -v t="$1" -v sec="$2" -v p="$3" -v q="$4" -v k="$5" '($1 "\t" $2) == t && $3 == sec {n = split($4, f, " "); if (f[1] != p || f[2] != q) next; for (i = 3; i <= n; i++) if (index(f[i], k "=") == 1) {print substr(f[i], length(k) + 2); exit}}' "$h"
+    }
+    runs() { awk -F'\t' -v sec="$1" '$3 == sec {print $1 "\t" $2}' "$h" | uniq | tail -n 6; }
+    echo "## Run-to-run variation (all runs recorded on this machine, \`bench/results/history.tsv\`)"
+    echo
+    echo "The same figures from every recorded run, oldest first: how far one run can be trusted. The enqueue ratios depend on the virtual disk's flush latency, which varies from minute to minute on a shared host."
+    echo
+    local t when build
+    if [ -n "$(runs enqueue)" ] || [ -n "$(runs peers)" ]; then
+        echo "| run (UTC) | build | section | outq / floor: 1 caller 4 KB · 1 MB · 8 callers 4 KB · 1 MB | outq / Postfix: same four | outq / nullmailer: same four |"
+        echo "| --- | --- | --- | --- | --- | --- |"
+        while IFS=$'\t' read -r when build; do
+            t="$when"$'\t'"$build"
+            local e4 e1
+            e4=$(awk -F'\t' -v t="$t" '($1 "\t" $2) == t && $3 == "enqueue" && $4 ~ /^4k:/ {sub(/.*direct ratio /, "", $4); sub(/x.*/, "", $4); print $4}' "$h")
+            e1=$(awk -F'\t' -v t="$t" '($1 "\t" $2) == t && $3 == "enqueue" && $4 ~ /^1m:/ {sub(/.*direct ratio /, "", $4); sub(/x.*/, "", $4); print $4}' "$h")
+            echo "| $when | $build | enqueue.sh | $e4 · $e1 (1 caller only) | | |"
+        done < <(runs enqueue)
+        while IFS=$'\t' read -r when build; do
+            t="$when"$'\t'"$build"
+            local k cells=()
+            for k in rf rp rn; do
+                cells+=("$(hv "$t" peers one_4k "$k") · $(hv "$t" peers one_1m "$k") · $(hv "$t" peers conc_4k "$k") · $(hv "$t" peers conc_1m "$k")")
+            done
+            echo "| $when | $build | peers.sh | ${cells[0]} | ${cells[1]} | ${cells[2]} |"
+        done < <(runs peers)
+        echo
+    fi
+    if [ -n "$(runs drain)" ]; then
+        echo "| run (UTC) | build | drain, outq / Postfix msg/s, 1 rcpt: new/ c4 · c10 · deferred/ c4 | 10 rcpt: same | Postfix msg/s (1 · 10 rcpt) | nullmailer msg/s |"
+        echo "| --- | --- | --- | --- | --- | --- |"
+        while IFS=$'\t' read -r when build; do
+            t="$when"$'\t'"$build"
+            echo "| $when | $build | $(hv2 "$t" drain drain_r1 outq-new-c4 rp) · $(hv2 "$t" drain drain_r1 outq-new-c10 rp) · $(hv2 "$t" drain drain_r1 outq-deferred-c4 rp) | $(hv2 "$t" drain drain_r10 outq-new-c4 rp) · $(hv2 "$t" drain drain_r10 outq-new-c10 rp) · $(hv2 "$t" drain drain_r10 outq-deferred-c4 rp) | $(fmt "$(hv2 "$t" drain drain_r1 postfix rate)" 0) · $(fmt "$(hv2 "$t" drain drain_r10 postfix rate)" 0) | $(fmt "$(hv2 "$t" drain drain_r1 nullmailer rate)" 1) |"
+        done < <(runs drain)
+        echo
+    fi
+    if [ -n "$(runs scale)" ]; then
+        echo "| run (UTC) | build | \`run --once\` over the deferred entries, s | its max RSS, MiB | max RSS with the big message, MiB | \`outq list\`, s |"
+        echo "| --- | --- | ---: | ---: | ---: | ---: |"
+        while IFS=$'\t' read -r when build; do
+            t="$when"$'\t'"$build"
+            echo "| $when | $build | $(fmt "$(hv "$t" scale scale run_s)" 3) | $(fmt "$(calc "$(hv "$t" scale scale rss_run_max) / 1024")" 1) | $(fmt "$(calc "$(hv "$t" scale scale rss_big_max) / 1024")" 1) | $(fmt "$(hv "$t" scale scale list_s)" 2) |"
+        done < <(runs scale)
+        echo
+    fi
+}
+
 # Why the missed targets are missed, what dominates, what would fix it;
 # and what in outq's code was found slow. Numbers from this run's output.
 analysis() {
@@ -47,8 +104,10 @@ analysis() {
         echo
         grep '^Why not, for' "$OUT/enqueue.md" | sed 's/^/- /; s/ See "Where the time goes"\.//' || true
         echo
+        echo "The one-caller ratios are differences of a few tenths of a millisecond between numbers of 1–3 ms and move from run to run with the virtual disk's flush latency (see "Run-to-run variation" below); the 8-caller ratios are steadier."
+        echo
         if have peers; then
-            local fo fc oc ot ff fs
+            local fc oc ot fs
             oc=$(get peers strace_fsync outq_calls) ot=$(get peers strace_fsync outq_s)
             fc=$(get peers strace_fsync floor_calls) fs=$(get peers strace_fsync floor_s)
             local m
@@ -90,9 +149,9 @@ analysis() {
                 local f p o best
                 f=$(get peers "one_$size" floor) p=$(get peers "one_$size" postfix) o=$(get peers "one_$size" outq)
                 best=$(fmt "$(calc "$f / $p")" 2)
-                echo "- 1 caller, $lab: Postfix's \`sendmail\` + \`postdrop\` takes $(ms "$p") ms here, outq $(ms "$o") ms ($(get peers "one_$size" rp)×). The floor itself (exec + write + fsync) is $(ms "$f") ms = ${best}× Postfix: $(if le "$best" 0.3; then echo "the target is reachable: outq's own overhead over the floor is what stands in the way (see above)"; else echo "on this machine **no** program that execs, writes and fsyncs could reach 0.3× Postfix: the target assumes a Postfix about 6.5× the floor (shared/ANCHORS.md: 20.7 ms against a 3.2 ms floor, measured by another method), but here Postfix costs only $(fmt "$(calc "$p / $f")" 1)× the floor. Closing outq's gap to the floor (above) is all that can be done"; fi)."
+                echo "- 1 caller, $lab ($(ok le "$(get peers "one_$size" rp)" 0.3)): Postfix's \`sendmail\` + \`postdrop\` takes $(ms "$p") ms here, outq $(ms "$o") ms ($(get peers "one_$size" rp)×). The floor itself (exec + write + fsync) is $(ms "$f") ms = ${best}× Postfix: $(if le "$best" 0.3; then echo "the target is reachable; outq's own overhead over the floor (above) is what decides it"; else echo "on this machine **no** program that execs, writes and fsyncs could reach 0.3× Postfix: the target assumes a Postfix about 6.5× the floor (shared/ANCHORS.md: 20.7 ms against a 3.2 ms floor, measured by another method), but here Postfix costs only $(fmt "$(calc "$p / $f")" 1)× the floor. Closing outq's gap to the floor (above) is all that can be done"; fi)."
             done
-            echo "- 8 callers: $(get peers conc_4k rp)× (4 KB) and $(get peers conc_1m rp)× (1 MB) of Postfix's time per message: Postfix's enqueue is not finished when postdrop exits; pickup and cleanup rewrite every message into the queue (another file, another fsync) and compete for the same 2 cores."
+            echo "- 8 callers: $(get peers conc_4k rp)× (4 KB, $(ok le "$(get peers conc_4k rp)" 0.3)) and $(get peers conc_1m rp)× (1 MB, $(ok le "$(get peers conc_1m rp)" 0.3)) of Postfix's time per message: Postfix's enqueue is not finished when postdrop exits; pickup and cleanup rewrite every message into the queue (another file, another fsync) and compete for the same 2 cores."
             echo
         fi
         local missn=0
@@ -104,7 +163,9 @@ analysis() {
             any=1
             echo "### outq-enqueue is not faster than nullmailer-queue everywhere"
             echo
-            echo "nullmailer-queue also makes two flushes (fsync of the file, link into queue/, fsync of queue/, which it may open), but it is a small C++ program with little to check. Ratios outq / nullmailer here: 1 caller $(get peers one_4k rn)× (4 KB), $(get peers one_1m rn)× (1 MB); 8 callers $(get peers conc_4k rn)× (4 KB), $(get peers conc_1m rn)× (1 MB); CPU per 4 KB message with 8 callers: outq $(ms "$(get peers conc_4k cpu_outq)") ms, nullmailer $(ms "$(get peers conc_4k cpu_nullmailer)") ms. The difference is outq's start-up and checks (above), and the fixes are the same (1 and 2 above). nullmailer buys its speed by checking less: no size, recipient or time limit, no configuration or spool ownership checks (shared/ANCHORS.md)."
+            local cpu_o cpu_n
+            cpu_o=$(get peers conc_4k cpu_outq) cpu_n=$(get peers conc_4k cpu_nullmailer)
+            echo "Ratios outq / nullmailer in this run: 1 caller $(get peers one_4k rn)× (4 KB), $(get peers one_1m rn)× (1 MB); 8 callers $(get peers conc_4k rn)× (4 KB), $(get peers conc_1m rn)× (1 MB). nullmailer-queue also flushes twice (fsync of the file, link into queue/, fsync of queue/, a directory it may open), and it checks less than outq: no size, recipient or time limit, no configuration or spool ownership checks (shared/ANCHORS.md). CPU per message with 8 callers: outq $(ms "$cpu_o") ms, nullmailer $(ms "$cpu_n") ms (4 KB); $(ms "$(get peers conc_1m cpu_outq)") and $(ms "$(get peers conc_1m cpu_nullmailer)") ms (1 MB). $(if lt "$cpu_o" "$cpu_n"; then echo "outq uses less CPU, so where it is slower the difference is time spent waiting for the two flushes, which varies from run to run (see the run-to-run table): not a property of either program's code"; else echo "outq uses more CPU: its start-up and checks, which fix 1 above addresses"; fi)."
             echo
         fi
     fi
@@ -162,7 +223,7 @@ analysis() {
     echo "3. **A password-database lookup per delivery.** \`src/runner/attempt.rs:40\` (\`login_of\`, for the Received header) calls \`User::from_uid\` for every message: glibc opens, \`fstat\`s and reads /etc/passwd every time (with the \`files\` NSS backend and no nscd). Of the openat calls per message above, two fail (the absent state and request files, looked up for every fresh entry) and two succeed: the entry and /etc/passwd. Fix: a small uid → login cache per worker (the submitters are few)."
     echo "4. **Three write(2) per log line on standard error.** \`src/logging.rs:35\` \`writeln!\` to the unbuffered stderr writes the prefix, the text and the newline separately; three lines per delivered message. Minor (production logs to syslog: one \`send\` per line); format into one buffer and write once."
     if have scale; then
-        echo "5. **\`outq run --once\` reads deferred/ twice and keeps every name.** Start-up \`sweep\` (\`src/runner/recover.rs:96\`, the orphan check from :124) collects the names of every queue into a \`HashSet\` and lists state/, then \`pass\` (\`src/runner/mod.rs:230\`) lists deferred/ again and \`stat\`s each state file. It opens no entry ($(get scale scale openat) openat for $(get scale scale entries) entries) and stays under the target ($(fmt "$(calc "$(get scale scale rss_run_max) / 1024")" 1) MiB), but its memory grows with the queue: about $(fmt "$(calc "($(get scale scale rss_run_max) - $(get scale scale rss_big_max)) * 1024 / $(get scale scale entries)")" 0) bytes per entry over the runner's base (the $(fmt "$(calc "$(get scale scale rss_big_max) / 1024")" 1) MiB of the one-message run), so 32 MiB would be crossed near $(fmt "$(calc "(32768 - $(get scale scale rss_big_max)) * $(get scale scale entries) / ($(get scale scale rss_run_max) - $(get scale scale rss_big_max)) / 1000")" 0) 000 deferred entries. Streaming the directory (due entries only kept) and running the orphan check over sorted listings, or less often than the due scan, would keep it flat."
+        echo "5. **\`outq run --once\` reads deferred/ twice and keeps every name.** Start-up \`sweep\` (\`src/runner/recover.rs:96\`, the orphan check from :124) collects the names of every queue into a \`HashSet\` and lists state/, then \`pass\` (\`src/runner/mod.rs:230\`) lists deferred/ again and \`stat\`s each state file. It opens no entry ($(get scale scale openat) openat for $(get scale scale entries) entries) and stays under the target ($(fmt "$(calc "$(get scale scale rss_run_max) / 1024")" 1) MiB), $(if lt "$(get scale scale rss_big_max)" "$(get scale scale rss_run_max)"; then echo "but its memory grows with the queue: about $(fmt "$(calc "($(get scale scale rss_run_max) - $(get scale scale rss_big_max)) * 1024 / $(get scale scale entries)")" 0) bytes per entry over the runner's base (the $(fmt "$(calc "$(get scale scale rss_big_max) / 1024")" 1) MiB of the one-message run), so 32 MiB would be crossed near $(fmt "$(calc "(32768 - $(get scale scale rss_big_max)) * $(get scale scale entries) / ($(get scale scale rss_run_max) - $(get scale scale rss_big_max)) / 1000")" 0) 000 deferred entries"; fi). Streaming the directory (due entries only kept) and running the orphan check over sorted listings, or less often than the due scan, would keep it flat."
         echo "6. **\`outq list\` opens and validates every entry and its state file** (\`src/ops/inventory.rs\` \`view\`): $(fmt "$(get scale scale list_s)" 2) s for $(get scale scale entries) entries warm, $(fmt "$(get scale scale cold_list)" 2) s cold. Expected for a full listing; \`outq status\` (only \`stat\`s) takes $(fmt "$(get scale scale status_s)" 2) s."
     fi
     echo
@@ -174,6 +235,20 @@ analysis() {
     echo "Written by \`bench/run\` (\`sudo bench/run\`, or \`sudo bench/run SECTION...\` for some; see its header). Sections last run: enqueue $(when enqueue); peers $(when peers); drain $(when drain); scale $(when scale)."
     echo
     echo "Build: $(cat "$OUT/build.txt" 2>/dev/null || echo unknown)."
+    commits=""
+    commits=$(cat "$OUT"/*.when 2>/dev/null | sed -n 's/.*build \([0-9a-f]\{7,\}\).*/\1/p' | sort -u)
+    if [ "$(wc -w <<<"$commits")" -gt 1 ]; then
+        same=1
+        c0=$(head -n 1 <<<"$commits")
+        for c in $commits; do
+            git -C "$top" diff --quiet "$c0" "$c" -- src crates Cargo.toml Cargo.lock 2>/dev/null || same=0
+        done
+        if [ "$same" = 1 ]; then
+            echo "The sections were built from commits $(echo $commits | sed 's/ /, /g'), which have the same src/, crates/ and Cargo files (\`git diff\`): the same outq code."
+        else
+            echo "**The sections were built from different code** (commits $(echo $commits | sed 's/ /, /g')): compare them with care."
+        fi
+    fi
     echo
     echo "## Machine"
     echo
@@ -256,6 +331,7 @@ analysis() {
         echo
     fi
     analysis
+    history
     echo "## 1. Enqueue"
     echo
     [ -s "$OUT/peers.md" ] && demote 1 <"$OUT/peers.md" && echo
