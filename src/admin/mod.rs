@@ -1,5 +1,6 @@
 /*!
-Creating (`init`) and auditing (`check`) an installation.
+Creating (`init`), auditing (`check`) and configuring (`setup`) an
+installation.
 
 Both take the expected owners and modes from `outq_spool::layout`, the
 single table that the helper also verifies against, so the three cannot
@@ -9,6 +10,7 @@ disagree.
 
 pub mod check;
 pub mod init;
+pub mod setup;
 
 use std::path::PathBuf;
 
