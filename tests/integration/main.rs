@@ -25,3 +25,4 @@ mod sendmail;
 mod smtp;
 mod soak;
 mod support;
+mod sysroot;
