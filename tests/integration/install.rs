@@ -701,9 +701,7 @@ fn clean_copy(sys: &Sysroot) {
     for p in [SPOOL, "/etc/outq", MAILDIR] {
         let _ = std::fs::remove_dir_all(sys.path(p));
     }
-    for name in ["outq"] {
-        let _ = sys.run("userdel", &[name], b"");
-    }
+    let _ = sys.run("userdel", &["outq"], b"");
     for name in ["outq", "outqdrop"] {
         let _ = sys.run("groupdel", &[name], b"");
     }
