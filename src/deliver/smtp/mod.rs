@@ -40,6 +40,7 @@ Decisions the interface left open:
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod breaker;
 pub mod client;
 pub mod tls;
 
@@ -85,6 +86,8 @@ struct Offers {
 struct Session {
     conn: Conn,
     offers: Offers,
+    /// The relay as configured (`host:port`), the breaker's key.
+    target: String,
 }
 
 /// Why one relay address could not be used.
@@ -129,6 +132,7 @@ pub struct Smtp {
     tls: Result<Arc<ClientConfig>, String>,
     auth_file: Option<PathBuf>,
     max_rcpt: usize,
+    breaker: breaker::Breaker,
     session: Option<Session>,
 }
 
@@ -155,6 +159,13 @@ fn is_loopback(ip: IpAddr) -> bool {
 /// `host[ip]:port`, the relay as logged.
 fn relay_name(host: &str, addr: &SocketAddr) -> String {
     format!("{host}[{}]:{}", addr.ip(), addr.port())
+}
+
+impl Target {
+    /// `host:port`, as configured.
+    fn key(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
 }
 
 impl Smtp {
@@ -192,6 +203,7 @@ impl Smtp {
             tls,
             auth_file: cfg.relay_auth_file.clone(),
             max_rcpt: cfg.max_rcpt_per_transaction.max(1),
+            breaker: breaker::Breaker { limit: cfg.relay_failure_limit, open_for: cfg.queue_run_interval },
             session: None,
         })
     }
@@ -212,29 +224,21 @@ impl Smtp {
         let mut reasons = Vec::new();
         let mut last = self.first_relay();
         for target in &self.targets {
-            let addrs = match (target.host.as_str(), target.port).to_socket_addrs() {
-                Ok(a) => a.collect::<Vec<_>>(),
-                Err(e) => {
-                    last = format!("{}:{}", target.host, target.port);
-                    reasons.push(format!("cannot resolve {}: {}", target.host, describe(&e)));
-                    continue;
+            let key = target.key();
+            if let Some(why) = self.breaker.skip(&key) {
+                last = key;
+                reasons.push(why);
+                continue;
+            }
+            let before = reasons.len();
+            match self.open_target(target, creds.as_ref(), &mut reasons, &mut last) {
+                Some(s) => {
+                    self.breaker.success(&key);
+                    return Ok(s);
                 }
-            };
-            for addr in addrs {
-                last = relay_name(&target.host, &addr);
-                match self.setup(target, addr, creds.as_ref(), true) {
-                    Ok(s) => return Ok(s),
-                    Err(SetupError::Tls(why)) if self.starttls == StartTls::Opportunistic => {
-                        crate::logging::warning(&format!(
-                            "{}; trying again without TLS (starttls = opportunistic)",
-                            outq_spool::log::escape(why.as_bytes())
-                        ));
-                        match self.setup(target, addr, creds.as_ref(), false) {
-                            Ok(s) => return Ok(s),
-                            Err(e) => reasons.push(format!("{why}; without TLS: {}", e.text())),
-                        }
-                    }
-                    Err(e) => reasons.push(e.text()),
+                None => {
+                    let why = reasons.get(before..).map(|r| r.join("; ")).unwrap_or_default();
+                    self.breaker.failure(&key, &why);
                 }
             }
         }
@@ -242,6 +246,42 @@ impl Smtp {
             reasons.push("no relay address to try".into());
         }
         Err((reasons.join("; "), last))
+    }
+
+    /// Every address of one relay in turn; failures are added to `reasons`.
+    fn open_target(
+        &self,
+        target: &Target,
+        creds: Option<&Credentials>,
+        reasons: &mut Vec<String>,
+        last: &mut String,
+    ) -> Option<Session> {
+        let addrs = match (target.host.as_str(), target.port).to_socket_addrs() {
+            Ok(a) => a.collect::<Vec<_>>(),
+            Err(e) => {
+                *last = target.key();
+                reasons.push(format!("cannot resolve {}: {}", target.host, describe(&e)));
+                return None;
+            }
+        };
+        for addr in addrs {
+            *last = relay_name(&target.host, &addr);
+            match self.setup(target, addr, creds, true) {
+                Ok(s) => return Some(s),
+                Err(SetupError::Tls(why)) if self.starttls == StartTls::Opportunistic => {
+                    crate::logging::warning(&format!(
+                        "{}; trying again without TLS (starttls = opportunistic)",
+                        outq_spool::log::escape(why.as_bytes())
+                    ));
+                    match self.setup(target, addr, creds, false) {
+                        Ok(s) => return Some(s),
+                        Err(e) => reasons.push(format!("{why}; without TLS: {}", e.text())),
+                    }
+                }
+                Err(e) => reasons.push(e.text()),
+            }
+        }
+        None
     }
 
     /// Connect to one address and bring the session up to MAIL FROM.
@@ -297,7 +337,7 @@ impl Smtp {
                 self.login(&mut conn, offers.auth, c)?;
             }
         }
-        Ok(Session { conn, offers })
+        Ok(Session { conn, offers, target: target.key() })
     }
 
     fn start_tls(&self, conn: Conn, target: &Target) -> Result<Conn, String> {
@@ -541,6 +581,7 @@ impl Transport for Smtp {
         while start < n {
             let end = start.saturating_add(self.max_rcpt).min(n);
             if let Err(Broken(why)) = self.transaction(&mut s, msg, start..end, &mut out) {
+                self.breaker.failure(&s.target, &why);
                 for o in out.iter_mut().filter(|o| o.is_none()) {
                     *o = Some(Outcome::new(Status::Deferred, why.clone(), relay.clone()));
                 }
@@ -550,6 +591,7 @@ impl Transport for Smtp {
             start = end;
         }
         if alive {
+            self.breaker.success(&s.target);
             self.session = Some(s);
         }
         out.into_iter()
