@@ -196,6 +196,12 @@ pub struct CheckArgs {
     /// The installed helper to audit.
     #[arg(long, value_name = "PATH")]
     pub helper: Option<PathBuf>,
+    /// Also connect to every relay: TLS, certificate and AUTH, without sending mail.
+    #[arg(long)]
+    pub relay: bool,
+    /// Also queue a test message to this address.
+    #[arg(long, value_name = "ADDRESS")]
+    pub send: Option<String>,
 }
 
 pub fn parse() -> Cli {

@@ -138,8 +138,9 @@ fn operate(cmd: cli::Command) -> Result<ExitCode, error::Error> {
             let result = ops::open(&place(&a.place)).and_then(|o| ops::status::run(&o, a.json, limits.as_ref()));
             match (result, &limits) {
                 // A monitoring system reads the first line and the exit
-                // code: a spool it cannot read is UNKNOWN (3).
-                (Err(e), Some(_)) if !a.json => {
+                // code: a spool it cannot read is UNKNOWN (3). A caller
+                // who may not look is refused like any other (77).
+                (Err(e), Some(_)) if !a.json && e.code != 77 => {
                     println!("OUTQ UNKNOWN - {e}");
                     Ok(ExitCode::from(3))
                 }

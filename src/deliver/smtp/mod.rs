@@ -90,6 +90,33 @@ struct Session {
     target: String,
 }
 
+/// How far `outq check --relay` got with one relay address.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub relay: String,
+    /// What worked, in order.
+    pub steps: Vec<String>,
+    /// The step that failed, if one did.
+    pub failure: Option<String>,
+}
+
+impl Offers {
+    /// The extensions that matter to delivery, for `outq check --relay`.
+    fn describe(&self) -> String {
+        let mut v = Vec::new();
+        if self.starttls {
+            v.push("STARTTLS".to_owned());
+        }
+        if self.auth != 0 {
+            v.push("AUTH".to_owned());
+        }
+        if self.size {
+            v.push(if self.size_limit > 0 { format!("SIZE {}", self.size_limit) } else { "SIZE".to_owned() });
+        }
+        if v.is_empty() { "no extensions outq uses".to_owned() } else { v.join(", ") }
+    }
+}
+
 /// Why one relay address could not be used.
 #[derive(Debug)]
 enum SetupError {
@@ -134,6 +161,8 @@ pub struct Smtp {
     max_rcpt: usize,
     breaker: breaker::Breaker,
     session: Option<Session>,
+    /// Steps of session set-up, recorded only for `outq check --relay`.
+    trace: std::cell::RefCell<Option<Vec<String>>>,
 }
 
 /// Whether `name` may follow EHLO: a domain or an address literal. Checked
@@ -205,6 +234,7 @@ impl Smtp {
             max_rcpt: cfg.max_rcpt_per_transaction.max(1),
             breaker: breaker::Breaker { limit: cfg.relay_failure_limit, open_for: cfg.queue_run_interval },
             session: None,
+            trace: std::cell::RefCell::new(None),
         })
     }
 
@@ -297,20 +327,25 @@ impl Smtp {
         let tcp = TcpStream::connect_timeout(&addr, t.connect)
             .map_err(|e| SetupError::Other(format!("connect to {relay}: {}", describe(&e))))?;
         let mut conn = Conn::new(tcp, relay.clone(), addr.ip())?;
+        self.note(format!("connected to {relay}"));
         if target.implicit_tls {
             conn = self.start_tls(conn, target).map_err(SetupError::Other)?;
+            self.note(format!("TLS (smtps) established, certificate verified for {}", target.host));
         }
         conn.set_timeout(t.command);
         let greeting = conn.read_reply("receiving the greeting")?;
         if greeting.class() != 2 {
             return Err(SetupError::Other(format!("{relay} refused to talk to us: {}", greeting.text)));
         }
+        self.note(format!("greeting: {}", greeting.text));
         let mut offers = self.hello(&mut conn)?;
+        self.note(format!("EHLO accepted; offers {}", offers.describe()));
         if !conn.is_tls() && self.starttls != StartTls::Off {
             if offers.starttls && try_starttls {
                 let r = conn.command("STARTTLS", "sending STARTTLS", t.command)?;
                 if r.class() == 2 {
                     conn = self.start_tls(conn, target).map_err(SetupError::Tls)?;
+                    self.note(format!("STARTTLS established, certificate verified for {}", target.host));
                     offers = self.hello(&mut conn)?;
                 } else if self.starttls == StartTls::Required {
                     return Err(SetupError::Other(format!("{relay} refused STARTTLS: {}", r.text)));
@@ -335,9 +370,59 @@ impl Smtp {
         if let Some(c) = creds {
             if offers.auth != 0 {
                 self.login(&mut conn, offers.auth, c)?;
+                self.note("AUTH accepted the credentials of relay_auth_file".to_owned());
+            } else {
+                self.note("the relay does not offer AUTH: relay_auth_file is not used".to_owned());
             }
         }
         Ok(Session { conn, offers, target: target.key() })
+    }
+
+    fn note(&self, step: String) {
+        if let Some(steps) = self.trace.borrow_mut().as_mut() {
+            steps.push(step);
+        }
+    }
+
+    /// `outq check --relay`: set up a session with every address of every
+    /// relay, as delivery would (TLS policy, certificate, AUTH), send no
+    /// mail, and say how far each got.
+    pub fn probe(&self) -> Vec<Probe> {
+        let mut out = Vec::new();
+        let creds = match &self.auth_file {
+            Some(path) => match auth::read_file(path) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    out.push(Probe { relay: self.first_relay(), steps: Vec::new(), failure: Some(e) });
+                    return out;
+                }
+            },
+            None => None,
+        };
+        for target in &self.targets {
+            let addrs = match (target.host.as_str(), target.port).to_socket_addrs() {
+                Ok(a) => a.collect::<Vec<_>>(),
+                Err(e) => {
+                    let why = format!("cannot resolve {}: {}", target.host, describe(&e));
+                    out.push(Probe { relay: target.key(), steps: Vec::new(), failure: Some(why) });
+                    continue;
+                }
+            };
+            for addr in addrs {
+                *self.trace.borrow_mut() = Some(Vec::new());
+                let result = self.setup(target, addr, creds.as_ref(), true);
+                let steps = self.trace.borrow_mut().take().unwrap_or_default();
+                let failure = match result {
+                    Ok(s) => {
+                        s.conn.quit(QUIT_TIMEOUT.min(self.timeouts.command));
+                        None
+                    }
+                    Err(e) => Some(e.text()),
+                };
+                out.push(Probe { relay: relay_name(&target.host, &addr), steps, failure });
+            }
+        }
+        out
     }
 
     fn start_tls(&self, conn: Conn, target: &Target) -> Result<Conn, String> {
