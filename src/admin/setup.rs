@@ -460,7 +460,7 @@ fn existing_user(p: &Path) -> Option<String> {
 fn summary(path: &Path, n: &Answers, auth_path: &Path) {
     println!("outq setup: {} written", path.display());
     let tls = match n.tls {
-        TlsMode::Smtps => "TLS from the start (smtps)",
+        TlsMode::Smtps => "TLS from the first byte",
         TlsMode::Starttls => "STARTTLS required",
         TlsMode::Opportunistic => "STARTTLS when offered",
         TlsMode::Off => "no TLS",
