@@ -102,7 +102,7 @@ pub fn run(a: &SetupArgs) -> Result<ExitCode, Error> {
         write_auth_file(&auth_path, &parsed.queue_user, user, password)?;
     }
     if new_text != text || !existed {
-        write_atomically(&path, new_text.as_bytes(), 0o644)?;
+        write_atomically(&path, new_text.as_bytes(), 0o644, None)?;
     }
     if answers.auth == Auth::None
         && let Auth::Keep(old) = &current.auth
@@ -316,7 +316,7 @@ pub fn set_key(text: &str, key: &str, value: Option<&str>) -> String {
 
 /// Write `bytes` to `path` so that readers see the old file or the new one:
 /// a new file beside it, synced, renamed over it, the directory synced.
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32, owner: Option<&User>) -> Result<(), Error> {
     let fail = |what: &str, e: std::io::Error| {
         Error::new(format!("cannot {what} {}: {e}", path.display()), "run outq setup as root")
     };
@@ -328,6 +328,10 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         // The process umask must not narrow the intended mode.
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        // Owned as intended before it appears under its name.
+        if let Some(u) = owner {
+            nix::unistd::fchown(f.as_fd(), Some(u.uid), Some(u.gid)).map_err(std::io::Error::from)?;
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -351,12 +355,7 @@ fn write_auth_file(path: &Path, queue_user: &str, user: &str, password: &str) ->
         }
     };
     let body = format!("# written by outq setup\n{user} {password}\n");
-    write_atomically(path, body.as_bytes(), 0o600)?;
-    let f = std::fs::File::open(path)
-        .map_err(|e| Error::new(format!("cannot open {}: {e}", path.display()), "run outq setup as root"))?;
-    nix::unistd::fchown(f.as_fd(), Some(owner.uid), Some(owner.gid)).map_err(|e| {
-        Error::new(format!("cannot give {} to {queue_user}: {}", path.display(), e.desc()), "run outq setup as root")
-    })
+    write_atomically(path, body.as_bytes(), 0o600, Some(&owner))
 }
 
 // ---------------------------------------------------------------------------
