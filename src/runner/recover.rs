@@ -5,14 +5,22 @@ Start-up recovery and periodic maintenance, done while holding the lock.
   `deferred/`, due now, with the recovery counted in its state. An entry
   recovered 3 times goes to `hold/` ("interrupted delivery 3 times"), so a
   message that crashes the runner cannot cause a mail flood.
-- Files in `tmp/` older than `tmp_max_age` are writes a killed helper never
-  committed: removed, and logged.
+- Files in `tmp/` whose writer is gone are reclaimed at once (see
+  [`sweep_tmp`]): the helper holds a lock on its file while it writes, and
+  the kernel drops it when the helper dies. A file nobody can lock (not a
+  regular file, or one that cannot be opened) goes after `tmp_max_age`.
 - Entries in `failed/` older than `failed_max_age` are removed and logged.
 - State files whose entry is nowhere are removed and logged.
 */
 #![forbid(unsafe_code)]
 
 use std::collections::HashSet;
+use std::fs::File;
+use std::os::fd::AsFd;
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag, openat};
+use nix::sys::stat::{Mode, fstat};
 
 use crate::logging;
 use crate::queue::state::State;
@@ -98,14 +106,7 @@ pub fn sweep(store: &Store, s: &Settings) {
     let old = |q: Queue, name: &str, max: u64| -> bool {
         store.stat(q, name).map(|st| t.saturating_sub(u64::try_from(st.st_mtime).unwrap_or(0)) > max).unwrap_or(false)
     };
-    for name in store.list(Queue::Tmp).unwrap_or_default() {
-        if old(Queue::Tmp, &name, s.runner.tmp_max_age.as_secs()) && store.unlink(Queue::Tmp, &name).is_ok() {
-            logging::info(&format!(
-                "{}: removed from tmp/: never committed (older than tmp_max_age)",
-                outq_spool::log::escape(name.as_bytes())
-            ));
-        }
-    }
+    sweep_tmp(store, s);
     for name in store.list(Queue::Failed).unwrap_or_default() {
         // Age counts from the failure: the state file's mtime is set then.
         let failed_at = store.due_time(&name);
@@ -157,4 +158,106 @@ fn exists_anywhere(store: &Store, name: &str) -> bool {
 /// says when (its mtime is the next attempt, which may be any time).
 fn old_state(store: &Store, name: &str, now: u64) -> bool {
     store.state_ctime(name).is_some_and(|c| now.saturating_sub(c) > 3600)
+}
+
+/// A file younger than this is left alone even when unlocked: a helper
+/// locks its file right after creating it, and this closes that instant.
+const TMP_GRACE_SECS: u64 = 2;
+
+/// What [`sweep_tmp`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TmpSweep {
+    pub removed: usize,
+    pub bytes: u64,
+    pub committed: usize,
+}
+
+/// What one file in `tmp/` is.
+enum TmpFile {
+    /// Being written: its writer holds the lock, or it is too new to say.
+    Live,
+    /// A complete entry whose rename into `new/` was lost (a power cut
+    /// after the helper's commit): it belongs in `new/`.
+    Complete,
+    /// Its writer is gone and it is not a complete entry.
+    Abandoned { bytes: u64, uid: u32 },
+    /// Not a file a writer could lock: removed only after `tmp_max_age`.
+    Unlockable,
+}
+
+fn classify_tmp(store: &Store, s: &Settings, name: &str, t: u64) -> (TmpFile, Option<Flock<File>>) {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let fd = match openat(store.dir(Queue::Tmp).as_fd(), name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return (TmpFile::Live, None), // committed meanwhile
+        Err(_) => return (TmpFile::Unlockable, None),
+    };
+    let Ok(st) = fstat(fd.as_fd()) else { return (TmpFile::Unlockable, None) };
+    if !outq_spool::fs::is_regular(&st) {
+        return (TmpFile::Unlockable, None);
+    }
+    let changed = u64::try_from(st.st_mtime.max(st.st_ctime)).unwrap_or(0);
+    if t.saturating_sub(changed) < TMP_GRACE_SECS {
+        return (TmpFile::Live, None);
+    }
+    let lock = match Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, Errno::EWOULDBLOCK)) => return (TmpFile::Live, None),
+        Err(_) => return (TmpFile::Unlockable, None),
+    };
+    if crate::queue::validate::load(store, Queue::Tmp, name, &s.limits).is_ok() {
+        return (TmpFile::Complete, Some(lock));
+    }
+    let bytes = u64::try_from(st.st_size).unwrap_or(0);
+    (TmpFile::Abandoned { bytes, uid: st.st_uid }, Some(lock))
+}
+
+/// Reclaim `tmp/`: remove every file whose writer is dead (its lock can be
+/// taken), whatever its age; move a complete entry to `new/`; leave live
+/// writers alone. Each removal is logged with its reason.
+pub fn sweep_tmp(store: &Store, s: &Settings) -> TmpSweep {
+    let t = now();
+    let mut done = TmpSweep::default();
+    for name in store.list(Queue::Tmp).unwrap_or_default() {
+        let shown = outq_spool::log::escape(name.as_bytes());
+        let (kind, lock) = classify_tmp(store, s, &name, t);
+        match kind {
+            TmpFile::Live => {}
+            TmpFile::Complete => {
+                if store.rename(Queue::Tmp, Queue::New, &name).is_ok()
+                    && store.sync(Queue::New).is_ok()
+                    && store.sync(Queue::Tmp).is_ok()
+                {
+                    done.committed += 1;
+                    logging::warning(&format!(
+                        "{shown}: complete entry found in tmp/ (its commit was interrupted): moved to new/"
+                    ));
+                }
+            }
+            TmpFile::Abandoned { bytes, uid } => {
+                // Removed while we hold the lock: no writer can come back.
+                if store.unlink(Queue::Tmp, &name).is_ok() {
+                    done.removed += 1;
+                    done.bytes = done.bytes.saturating_add(bytes);
+                    logging::info(&format!(
+                        "{shown}: removed from tmp/: its writer (uid {uid}) is gone without committing ({bytes} bytes)"
+                    ));
+                }
+            }
+            TmpFile::Unlockable => {
+                let age =
+                    store.stat(Queue::Tmp, &name).map(|st| t.saturating_sub(u64::try_from(st.st_mtime).unwrap_or(0)));
+                if age.is_ok_and(|a| a > s.runner.tmp_max_age.as_secs()) && store.unlink(Queue::Tmp, &name).is_ok() {
+                    done.removed += 1;
+                    logging::info(&format!("{shown}: removed from tmp/: not a lockable file, older than tmp_max_age"));
+                }
+            }
+        }
+        drop(lock);
+    }
+    if done.removed > 0 {
+        let _ = store.sync(Queue::Tmp);
+        logging::info(&format!("tmp/: reclaimed {} abandoned file(s), {} bytes", done.removed, done.bytes));
+    }
+    done
 }
