@@ -223,8 +223,9 @@ pub struct Conn {
 
 impl Conn {
     /// Wrap a connected socket. TCP_NODELAY is set: replies are waited for
-    /// after every command, so Nagle's algorithm would only add a delayed
-    /// ACK's worth of latency to each (nullmailer's 40 ms per message).
+    /// after every command or pipelined group, so Nagle's algorithm would
+    /// only add a delayed ACK's worth of latency to each (nullmailer's 40 ms
+    /// per message).
     pub fn new(tcp: TcpStream, relay: String, peer_ip: IpAddr) -> Result<Conn, Broken> {
         tcp.set_nodelay(true).map_err(|e| Broken(format!("cannot set TCP_NODELAY on {relay}: {}", describe(&e))))?;
         let sock = Sock { tcp, deadline: Instant::now(), read_timeout: None, write_timeout: None };
