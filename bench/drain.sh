@@ -40,7 +40,7 @@
 # to measure in place of the release build; OUTQ_COMPARE, a second build
 # measured in the same runs (systems cmp-new-c4, cmp-new-c10, each run
 # right after its outq counterpart: a before/after comparison that shares
-# the machine's noise).
+# the machine's noise); OUTQ_COMPARE_LABEL names that build in the report.
 #
 # Output: $OUT/drain.md, raw data in $RESULTS/drain/.
 me=drain.sh
@@ -331,8 +331,8 @@ label() {
         outq-new-c4) echo "outq, new/, connections 4" ;;
         outq-new-c10) echo "outq, new/, connections 10" ;;
         outq-deferred-c4) echo "outq, deferred/ (due), connections 4" ;;
-        cmp-new-c4) echo "outq as built in OUTQ_COMPARE, new/, connections 4" ;;
-        cmp-new-c10) echo "outq as built in OUTQ_COMPARE, new/, connections 10" ;;
+        cmp-new-c4) echo "${OUTQ_COMPARE_LABEL:-outq, the OUTQ_COMPARE build}, new/, connections 4" ;;
+        cmp-new-c10) echo "${OUTQ_COMPARE_LABEL:-outq, the OUTQ_COMPARE build}, new/, connections 10" ;;
         source-s4) echo "smtp-source -d -s 4 (no queue, no PIPELINING)" ;;
         source-s10) echo "smtp-source -d -s 10 (no queue, no PIPELINING)" ;;
         postfix) echo "Postfix $pf_version, deferred/ flushed" ;;
