@@ -204,7 +204,7 @@ analysis() {
     [ "$any" = 1 ] || { echo "Every target is met in this run."; echo; }
 
     # ---- code findings
-    echo "## What in outq's code was found slow (not changed: bench/ only)"
+    echo "## What in outq's code was found slow"
     echo
     local tr="$RESULTS/drain/strace-outq-new-c4-r1.txt"
     if [ -s "$tr" ]; then
