@@ -317,7 +317,7 @@ analysis() {
                 echo "| drain | ≥ 5× nullmailer's msg/s | $R rcpt, outq from $c | $(fmt "$r" 0) msg/s | $(fmt "$nr" 1) msg/s | $(get2 drain "drain_r$R" "$s" rn)× | $(ok le 5 "$(get2 drain "drain_r$R" "$s" rn)") |"
             done
             for s in outq-new-c4 outq-new-c10; do
-                local rs sr
+                rs="" sr=""
                 rs=$(get2 drain "drain_r$R" "$s" rs)
                 sr=$(get2 drain "drain_r$R" "source-s${s##*-c}" rate)
                 [ -n "$rs" ] && [ "$rs" != - ] || continue
