@@ -5,7 +5,10 @@ Each problem is one line naming what is wrong and the command that fixes
 it. Exit 0 when nothing is found, 1 otherwise. Checked:
 
 - the configuration file and its directory (owner root, not writable by
-  group or others, parses, no unknown keys);
+  group or others, parses, no unknown keys, no malformed line);
+- the mail name: a warning (exit status unchanged) when `myhostname` (or
+  `/etc/mailname`, or the host name) or `myorigin` is not fully qualified;
+- the aliases file (trusted, every line usable);
 - the queue user and the helper's group (exist; the group is dedicated: not
   `mail`, not root's, nobody's primary group, no members);
 - every path of the spool layout and the directories above it;
@@ -36,10 +39,16 @@ use crate::error::Error;
 pub struct Finding {
     pub problem: String,
     pub fix: String,
+    /// A warning is printed but does not make the check fail.
+    pub warning: bool,
 }
 
 fn finding(problem: impl Into<String>, fix: impl Into<String>) -> Finding {
-    Finding { problem: problem.into(), fix: fix.into() }
+    Finding { problem: problem.into(), fix: fix.into(), warning: false }
+}
+
+fn warning(problem: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding { warning: true, ..finding(problem, fix) }
 }
 
 pub fn run(args: &CheckArgs) -> Result<ExitCode, Error> {
@@ -52,8 +61,10 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode, Error> {
     check_helper(&t, &helper, &mut found);
     check_free_space(&t, &mut found);
     for f in &found {
-        println!("outq check: {} (fix: {})", f.problem, f.fix);
+        let kind = if f.warning { "warning: " } else { "" };
+        println!("outq check: {kind}{} (fix: {})", f.problem, f.fix);
     }
+    found.retain(|f| !f.warning);
     if found.is_empty() {
         println!(
             "outq check: {} is in order (owner {}, helper group {}, helper {})",
@@ -81,18 +92,73 @@ fn check_config(t: &Target, out: &mut Vec<Finding>) {
         }
         None => {}
     }
+    for p in &t.cfg.problems {
+        out.push(finding(
+            format!("configuration {shown}: {p} (outq-sendmail and the helper ignore it; the runner refuses to start)"),
+            "correct that line (see outq.conf(5))",
+        ));
+    }
     for (key, setting) in &t.cfg.other {
-        if !crate::config::is_runner_key(key) {
+        if !crate::config::is_known_key(key) {
             out.push(finding(
                 format!("configuration {shown} line {}: unknown key {key}", setting.line),
                 "correct or remove it (see outq.conf(5))",
             ));
         }
     }
-    if t.config_error.is_none() {
-        if let Err(e) = crate::config::RunnerConfig::from_config(&t.cfg) {
-            out.push(finding(format!("configuration {shown}: {e}"), "correct that line (see outq.conf(5))"));
+    if t.config_error.is_some() {
+        return;
+    }
+    let runner_problem = t.cfg.problems.is_empty().then(|| crate::config::RunnerConfig::from_config(&t.cfg).err());
+    for e in [runner_problem.flatten(), crate::config::Aliasing::from_config(&t.cfg).err()].into_iter().flatten() {
+        out.push(finding(format!("configuration {shown}: {e}"), "correct that line (see outq.conf(5))"));
+    }
+    check_mail_name(t, out);
+    if let Ok(a) = crate::config::Aliasing::from_config(&t.cfg) {
+        check_aliases(&a, out);
+    }
+}
+
+/// Relays refuse senders such as `root@vm` (553): the name that qualifies
+/// bare addresses must be a fully qualified domain name.
+fn check_mail_name(t: &Target, out: &mut Vec<Finding>) {
+    let Ok(r) = crate::config::Rewriting::from_config(&t.cfg) else { return };
+    let source = if t.cfg.myhostname.is_some() {
+        "myhostname"
+    } else if config::read_mailname(Path::new(config::MAILNAME_PATH)).is_some() {
+        config::MAILNAME_PATH
+    } else {
+        "the system host name"
+    };
+    if !r.myhostname.contains('.') {
+        out.push(warning(
+            format!("myhostname {} (from {source}) is not a fully qualified domain name; relays refuse senders such as root@{}", r.myhostname, r.myhostname),
+            format!("set myhostname (or myorigin) in the configuration, or write the host's FQDN to {}", config::MAILNAME_PATH),
+        ));
+    }
+    if !r.myorigin.contains('.') && r.myorigin != r.myhostname {
+        out.push(warning(
+            format!("myorigin {} is not a fully qualified domain name", r.myorigin),
+            "set myorigin to a domain such as example.org",
+        ));
+    }
+}
+
+fn check_aliases(a: &crate::config::Aliasing, out: &mut Vec<Finding>) {
+    let shown = a.alias_file.display();
+    match crate::aliases::Aliases::load(&a.alias_file) {
+        Ok(aliases) => {
+            for p in &aliases.problems {
+                out.push(finding(
+                    format!("aliases file {shown}: {p}"),
+                    "correct that line (see outq.conf(5), ALIASES)",
+                ));
+            }
         }
+        Err(e) => out.push(finding(
+            format!("{e}; the runner defers mail until it can read it"),
+            format!("chown root:root {shown} && chmod 0644 {shown}"),
+        )),
     }
 }
 

@@ -227,7 +227,7 @@ mod tests {
     }
 
     fn rcpt(reply: &str, status: RcptStatus) -> Rcpt {
-        Rcpt { address: Mailbox::parse(b"bob@example.net").unwrap(), status, reply: reply.into() }
+        Rcpt { address: Mailbox::parse(b"bob@example.net").unwrap(), origin: None, status, reply: reply.into() }
     }
 
     #[test]
