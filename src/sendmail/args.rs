@@ -15,7 +15,8 @@ What is understood:
 - `-f SENDER` and `-r SENDER` the envelope sender, `-F NAME` the full name
   for a `From:` header outq-sendmail adds;
 - `-bm` deliver (the default), `-bp` list the queue (also when invoked as
-  `mailq`);
+  `mailq`), `-bi` or `-I` check the aliases file (also when invoked as
+  `newaliases`);
 - `-C FILE` an alternate configuration file;
 - accepted and ignored: `-v`, `-oem`, `-oee`, `-odb`, `-odi`, `-om`, and
   `-B TYPE`, `-N DSN`, `-R RET`, `-V ENVID` with their values.
@@ -38,6 +39,9 @@ pub enum Mode {
     Deliver,
     /// `-bp`: list the queue (`outq list`).
     ListQueue,
+    /// `-bi`, `-I`, `newaliases`: check the aliases file (there is nothing
+    /// to compile).
+    Aliases,
 }
 
 /// The parsed command line; addresses and the full name are raw bytes.
@@ -66,15 +70,17 @@ pub const USAGE: &str = "usage: outq-sendmail [-t] [-i] [-f sender] [-F name] [-
 /// Options that take a value.
 const WITH_VALUE: &[u8] = b"bBCfFNoRrV";
 /// Options without a value.
-const FLAGS: &[u8] = b"tiv";
+const FLAGS: &[u8] = b"tivI";
 
 /// Parse the command line. `argv0` is the name the program was run as:
 /// `mailq` means `-bp`.
 pub fn parse(argv0: Option<&OsStr>, argv: impl Iterator<Item = OsString>) -> Result<Args, UsageError> {
     let mut args = Args::default();
     let invoked_as = argv0.map(|a| a.as_bytes().rsplit(|&b| b == b'/').next().unwrap_or_default().to_vec());
-    if invoked_as.as_deref() == Some(b"mailq") {
-        args.mode = Mode::ListQueue;
+    match invoked_as.as_deref() {
+        Some(b"mailq") => args.mode = Mode::ListQueue,
+        Some(b"newaliases") => args.mode = Mode::Aliases,
+        _ => {}
     }
     let mut it = argv.map(OsString::into_vec);
     while let Some(word) = it.next() {
@@ -95,6 +101,7 @@ pub fn parse(argv0: Option<&OsStr>, argv: impl Iterator<Item = OsString>) -> Res
                 match letter {
                     b't' => args.extract = true,
                     b'i' => args.ignore_dots = true,
+                    b'I' => args.mode = Mode::Aliases,
                     _ => {} // -v
                 }
                 continue;
@@ -122,6 +129,7 @@ fn apply(args: &mut Args, letter: u8, value: Vec<u8>) -> Result<(), UsageError> 
         b'b' => match value.as_slice() {
             b"m" => args.mode = Mode::Deliver,
             b"p" => args.mode = Mode::ListQueue,
+            b"i" => args.mode = Mode::Aliases,
             _ => return Err(UsageError(format!("option -b{} is not supported", escape(&value)))),
         },
         b'o' => match value.as_slice() {
@@ -224,6 +232,14 @@ mod tests {
         assert_eq!(a.mode, Mode::ListQueue);
         let a = p(&["-C", "/etc/x.conf", "-bp"]).unwrap();
         assert_eq!(a.config, Some(PathBuf::from("/etc/x.conf")));
+    }
+
+    #[test]
+    fn alias_checking() {
+        assert_eq!(p(&["-bi"]).unwrap().mode, Mode::Aliases);
+        assert_eq!(p(&["-I"]).unwrap().mode, Mode::Aliases);
+        let a = parse(Some(OsStr::new("/usr/bin/newaliases")), std::iter::empty()).unwrap();
+        assert_eq!(a.mode, Mode::Aliases);
     }
 
     #[test]

@@ -370,9 +370,17 @@ fn accepted_and_ignored_options() {
 fn the_helpers_exit_code_and_message_come_through() {
     let s = SendmailSpool::new();
     let mut c = s.cmd();
-    c.arg("not an address");
+    c.arg("a..b@example.org");
     let r = run_with_input(c, b"Subject: x\n\nb\n");
     r.assert_code(65).assert_stderr_contains("outq-enqueue: recipient");
+    assert!(s.entries().is_empty());
+
+    // A command-line word holding a name but no address is outq-sendmail's
+    // own refusal.
+    let mut c = s.cmd();
+    c.arg("not an address");
+    let r = run_with_input(c, b"Subject: x\n\nb\n");
+    r.assert_code(65).assert_stderr_contains("outq-sendmail: recipient not an address");
     assert!(s.entries().is_empty());
 
     let s = SendmailSpool::new();
