@@ -1037,3 +1037,134 @@ fn crash_safety_under_repeated_sigkill() {
     let states: Vec<String> = dev.names("state").into_iter().filter(|n| !n.starts_with('.')).collect();
     assert_eq!(states, Vec::<String>::new(), "state files without an entry remain");
 }
+
+// ---------------------------------------------------------------------------
+// Aliases and the admin_address catch-all (applied by the runner)
+
+/// A root- (or our-) owned 0644 aliases file in the test directory.
+fn write_aliases(dev: &Dev, text: &str) -> PathBuf {
+    let p = dev.dir.path().join("aliases");
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    p
+}
+
+fn delivered_to(mail: &Path) -> BTreeSet<String> {
+    deliveries(mail).iter().map(|d| d.delivered_to.strip_prefix("Delivered-To: ").unwrap().to_owned()).collect()
+}
+
+#[test]
+fn aliases_and_the_catch_all_route_local_names() {
+    let dev = Dev::new();
+    let aliases = write_aliases(
+        &dev,
+        "# the usual Debian file, and more\nmailer-daemon: postmaster\npostmaster: root\n\
+         root: admin@example.net, ops\nops:\n  ops-team@example.net\n\
+         loop1: loop2\nloop2: loop1\nprog: \"|/usr/bin/procmail\"\nthis line is broken\n",
+    );
+    let mail = dev.maildir_config(&format!("alias_file = {}\n", aliases.display()));
+    let body = b"Subject: aliases\n\nx\n";
+    let id = dev.submit(
+        &["-f", "app@example.org", "root", "postmaster@localhost", "alice", "remote@example.org", "loop1", "prog"],
+        body,
+    );
+    let log = dev.run_once_ok();
+    let want: BTreeSet<String> = [
+        "admin@example.net",
+        "ops-team@example.net",
+        "alice@test.example",
+        "remote@example.org",
+        "loop1@test.example",
+        "prog@test.example",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(delivered_to(&mail), want, "{log}");
+    for d in deliveries(&mail) {
+        assert_eq!(d.body, body, "the message itself is not rewritten");
+    }
+    for needle in [
+        format!("{id}: to=<root@test.example> aliased to <admin@example.net>"),
+        format!("{id}: to=<root@test.example> aliased to <ops-team@example.net>"),
+        "alias loop through loop1 -> loop2".to_owned(),
+        "target |/usr/bin/procmail is not supported by a null client".to_owned(),
+        format!("aliases file {}: line 10:", aliases.display()),
+    ] {
+        assert!(log.contains(&needle), "{needle:?} not in the log:\n{log}");
+    }
+    dev.assert_empty_but(&[]);
+
+    // With admin_address, the names no alias resolves go there instead.
+    dev.maildir_config(&format!("alias_file = {}\nadmin_address = boss@example.net\n", aliases.display()));
+    std::fs::remove_dir_all(&mail).unwrap();
+    dev.submit(&["root", "alice", "loop1", "remote@example.org"], body);
+    let log = dev.run_once_ok();
+    let want: BTreeSet<String> =
+        ["admin@example.net", "ops-team@example.net", "boss@example.net", "remote@example.org"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    assert_eq!(delivered_to(&mail), want, "{log}");
+    assert!(log.contains("alice@test.example has no alias: sent to admin_address boss@example.net"), "{log}");
+
+    // Without an aliases file, root goes to the catch-all.
+    std::fs::remove_file(&aliases).unwrap();
+    std::fs::remove_dir_all(&mail).unwrap();
+    dev.submit(&["root"], body);
+    let log = dev.run_once_ok();
+    assert_eq!(delivered_to(&mail), BTreeSet::from(["boss@example.net".to_owned()]), "{log}");
+    dev.assert_empty_but(&[]);
+}
+
+#[test]
+fn an_expansion_is_recorded_with_its_origin_and_kept_across_attempts() {
+    let dev = Dev::new();
+    let out = recording_pipe(&dev);
+    let script = dev.dir.path().join("record.sh");
+    let aliases = write_aliases(&dev, "root: first@example.net\n");
+    dev.set_config(&format!("relay = pipe:{}\nalias_file = {}\n", script.display(), aliases.display()));
+    set_code(&out, 75);
+    let id = dev.submit(&["root", "other@example.org"], b"Subject: s\n\nx\n");
+    let log = dev.run_once_ok();
+    let state = dev.state(&id);
+    assert!(
+        state.lines().any(|l| l.starts_with("rcpt <first@example.net> via <root@test.example> pending ")),
+        "{state}"
+    );
+    assert!(state.lines().any(|l| l.starts_with("rcpt <other@example.org> pending ")), "{state}\n{log}");
+
+    // The file changes; the recorded expansion is what the next attempt uses.
+    write_aliases(&dev, "root: second@example.net\n");
+    set_code(&out, 0);
+    dev.run(dev.outq(&[
+        "flush",
+        "--spool",
+        &dev.spool.display().to_string(),
+        "--config",
+        &dev.config.display().to_string(),
+    ]))
+    .assert_code(0);
+    let log = dev.run_once_ok();
+    let env = std::fs::read_to_string(out.join(format!("{id}.env"))).unwrap();
+    assert!(env.lines().any(|l| l == "OUTQ_RECIPIENTS=first@example.net other@example.org"), "{env}\n{log}");
+    dev.assert_empty_but(&[]);
+}
+
+#[test]
+fn an_aliases_file_others_may_write_defers_instead_of_guessing() {
+    let dev = Dev::new();
+    let aliases = write_aliases(&dev, "root: admin@example.net\n");
+    std::fs::set_permissions(&aliases, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mail = dev.maildir_config(&format!("alias_file = {}\n", aliases.display()));
+    let id = dev.submit(&["root"], b"Subject: s\n\nx\n");
+    let log = dev.run_once_ok();
+    assert!(deliveries(&mail).is_empty(), "delivered with an untrusted aliases file:\n{log}");
+    assert_eq!(dev.names("deferred"), vec![id.clone()], "{log}");
+    assert!(log_has(&log, &[&id, "aliases file not usable", "deferred until the file can be read"]), "{log}");
+
+    std::fs::set_permissions(&aliases, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = dev.run_once_ok();
+    assert_eq!(delivered_to(&mail), BTreeSet::from(["admin@example.net".to_owned()]), "{log}");
+    dev.assert_empty_but(&[]);
+}
