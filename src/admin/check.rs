@@ -109,8 +109,10 @@ fn check_config(t: &Target, out: &mut Vec<Finding>) {
     if t.config_error.is_some() {
         return;
     }
-    let runner_problem = t.cfg.problems.is_empty().then(|| crate::config::RunnerConfig::from_config(&t.cfg).err());
-    for e in [runner_problem.flatten(), crate::config::Aliasing::from_config(&t.cfg).err()].into_iter().flatten() {
+    // The broken lines are reported above; the values are checked too.
+    let values = outq_spool::config::Config { problems: Vec::new(), ..t.cfg.clone() };
+    let runner_problem = crate::config::RunnerConfig::from_config(&values).err();
+    for e in [runner_problem, crate::config::Aliasing::from_config(&t.cfg).err()].into_iter().flatten() {
         out.push(finding(format!("configuration {shown}: {e}"), "correct that line (see outq.conf(5))"));
     }
     check_mail_name(t, out);
