@@ -815,3 +815,71 @@ fn etc_mailname_names_the_host_when_myhostname_is_not_set() {
     let (_, rcpts, _) = s2.only_entry();
     assert!(!rcpts[0].contains("not"), "{rcpts:?}");
 }
+
+/// The datagrams a syslog socket received until one holds every needle.
+fn wait_for_log(sock: &std::os::unix::net::UnixDatagram, needles: &[&str]) -> String {
+    let mut seen = String::new();
+    let mut buf = vec![0u8; 8192];
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        let Ok(n) = sock.recv(&mut buf) else { continue };
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if needles.iter().all(|w| line.contains(w)) {
+            return line;
+        }
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    panic!("no log line with {needles:?}; got:\n{seen}");
+}
+
+#[test]
+fn refusals_and_replaced_nul_bytes_are_logged_to_syslog_with_facility_mail() {
+    use std::os::unix::net::UnixDatagram;
+    if !crate::support::privileged("refusals_and_replaced_nul_bytes_are_logged_to_syslog_with_facility_mail") {
+        return;
+    }
+    let _lock = crate::support::privileged_lock();
+    // Our own syslog socket: at /dev/log when there is none, else bound
+    // over it in a private mount namespace for the one program.
+    let dir = tempfile::Builder::new().prefix("oqt-log-").tempdir_in(crate::support::trusted_tmp_parent()).unwrap();
+    let existing = Path::new("/dev/log").exists();
+    let path = if existing { dir.path().join("log") } else { Path::new("/dev/log").to_path_buf() };
+    struct Remove(Option<std::path::PathBuf>);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            if let Some(p) = &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let _remove = Remove((!existing).then(|| path.clone()));
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let s = SendmailSpool::new();
+    let sendmail = |args: &[&str]| -> Command {
+        let mut c = if existing {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c", "mount --bind \"$0\" /dev/log && exec \"$@\""]);
+            c.arg(&path).arg(bin("outq-sendmail"));
+            c
+        } else {
+            Command::new(bin("outq-sendmail"))
+        };
+        c.arg("-C").arg(&s.config).args(args);
+        c
+    };
+
+    let r = run_with_input(sendmail(&["-x", "a@example.org"]), b"Subject: s\n\nx\n");
+    r.assert_code(64).assert_stderr_contains("unknown option -x");
+    // LOG_MAIL | LOG_WARNING = 16 + 4.
+    let line = wait_for_log(&sock, &["outq-sendmail", "unknown option -x"]);
+    assert!(line.starts_with("<20>"), "not facility mail, level warning: {line:?}");
+    assert!(line.contains("refused (uid 0, exit 64)"), "{line}");
+
+    run_with_input(sendmail(&["a@example.org"]), b"Subject: s\n\nbinary \0 here\0\n").assert_code(0);
+    let line = wait_for_log(&sock, &["outq-sendmail", "2 NUL byte(s) in the message replaced by ^@"]);
+    assert!(line.starts_with("<22>"), "not facility mail, level info: {line:?}");
+    let (_, _, got) = s.only_entry();
+    assert_eq!(body(&got), b"binary ^@ here^@\n");
+}
