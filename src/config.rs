@@ -157,6 +157,7 @@ fn is_local_part(s: &str) -> bool {
 fn domain_key(cfg: &Config, key: &str) -> Result<Option<String>, KeyError> {
     match cfg.other.get(key) {
         None => Ok(None),
+        Some(s) if s.value.is_empty() => Ok(None),
         Some(s) if outq_spool::address::is_domain(s.value.as_bytes()) => Ok(Some(s.value.clone())),
         Some(s) => Err(KeyError { line: s.line, message: format!("{key}: must be a domain name such as example.org") }),
     }
@@ -427,6 +428,37 @@ mod tests {
         for bad in ["", "http://x", "smtp://", "smtp://a b:0", "maildir:rel", "pipe:prog", "smtp://x:99999"] {
             assert!(parse_relays(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn address_keys() {
+        let cfg = |t: &str| outq_spool::config::parse(t.as_bytes()).unwrap();
+        let r = Rewriting::from_config(&cfg("myhostname = h.example\n")).unwrap();
+        assert_eq!((r.myorigin.as_str(), r.masquerade_domain.clone()), ("h.example", None));
+        assert!(r.is_local_domain("H.EXAMPLE") && r.is_local_domain("localhost") && !r.is_local_domain("x.example"));
+        let r = Rewriting::from_config(&cfg(
+            "myhostname = h.example\nmyorigin = example.org\nmasquerade_domain = example.org\n\
+             masquerade_users = root, www-data\n",
+        ))
+        .unwrap();
+        assert_eq!(r.myorigin, "example.org");
+        assert_eq!(r.masquerade_users, ["root", "www-data"]);
+        assert!(Rewriting::from_config(&cfg("masquerade_domain =\nmasquerade_users =\n")).is_ok());
+        for bad in ["myorigin = not a domain", "masquerade_domain = -x", "masquerade_users = a@b"] {
+            assert!(Rewriting::from_config(&cfg(bad)).is_err(), "{bad}");
+        }
+        // outq-sendmail's keys do not include the runner's: a bad relay or
+        // admin_address does not stop it.
+        assert!(Rewriting::from_config(&cfg("relay = nowhere\nadmin_address = nobody\n")).is_ok());
+        let a = Aliasing::from_config(&cfg("myhostname = h.example\nadmin_address = boss@example.org\n")).unwrap();
+        assert_eq!(a.alias_file, PathBuf::from(DEFAULT_ALIAS_FILE));
+        assert_eq!(a.admin_address.map(|m| m.to_string()).as_deref(), Some("boss@example.org"));
+        assert_eq!(a.local_domains, ["h.example", "localhost"]);
+        assert!(Aliasing::from_config(&cfg("admin_address = nobody")).is_err());
+        assert!(Aliasing::from_config(&cfg("alias_file = aliases")).is_err());
+        assert!(Aliasing::from_config(&cfg("admin_address =")).unwrap().admin_address.is_none());
+        assert!(is_known_key("myorigin") && is_known_key("relay") && is_known_key("myhostname"));
+        assert!(!is_known_key("relai"));
     }
 
     #[test]
