@@ -1094,6 +1094,11 @@ fn aliases_and_the_catch_all_route_local_names() {
         assert!(log.contains(&needle), "{needle:?} not in the log:\n{log}");
     }
     dev.assert_empty_but(&[]);
+    // outq check names the broken line too.
+    let (spool, conf) = (dev.spool.display().to_string(), dev.config.display().to_string());
+    let r = dev.run(dev.outq(&["check", "--spool", &spool, "--config", &conf]));
+    let want = format!("aliases file {}: line 10: expected 'name: address, ...'; skipped", aliases.display());
+    assert!(r.stdout.contains(&want), "{want:?} not in\n{}", r.stdout);
 
     // With admin_address, the names no alias resolves go there instead.
     dev.maildir_config(&format!("alias_file = {}\nadmin_address = boss@example.net\n", aliases.display()));
@@ -1162,6 +1167,13 @@ fn an_aliases_file_others_may_write_defers_instead_of_guessing() {
     assert!(deliveries(&mail).is_empty(), "delivered with an untrusted aliases file:\n{log}");
     assert_eq!(dev.names("deferred"), vec![id.clone()], "{log}");
     assert!(log_has(&log, &[&id, "aliases file not usable", "deferred until the file can be read"]), "{log}");
+    let (spool, conf) = (dev.spool.display().to_string(), dev.config.display().to_string());
+    let r = dev.run(dev.outq(&["check", "--spool", &spool, "--config", &conf]));
+    assert!(
+        r.stdout.contains("aliases file not usable") && r.stdout.contains("the runner defers mail"),
+        "{}",
+        r.stdout
+    );
 
     std::fs::set_permissions(&aliases, std::fs::Permissions::from_mode(0o644)).unwrap();
     let log = dev.run_once_ok();
