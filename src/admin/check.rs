@@ -47,16 +47,10 @@ use crate::error::Error;
 pub struct Finding {
     pub problem: String,
     pub fix: String,
-    /// A warning is printed but does not make the check fail.
-    pub warning: bool,
 }
 
 fn finding(problem: impl Into<String>, fix: impl Into<String>) -> Finding {
-    Finding { problem: problem.into(), fix: fix.into(), warning: false }
-}
-
-fn warning(problem: impl Into<String>, fix: impl Into<String>) -> Finding {
-    Finding { warning: true, ..finding(problem, fix) }
+    Finding { problem: problem.into(), fix: fix.into() }
 }
 
 pub fn run(args: &CheckArgs) -> Result<ExitCode, Error> {
@@ -81,11 +75,13 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode, Error> {
     if args.relay {
         super::relay::check_relays(&t, &mut found);
     }
-    for f in &found {
-        let kind = if f.warning { "warning: " } else { "" };
-        println!("outq check: {kind}{} (fix: {})", f.problem, f.fix);
+    // Printed, but they do not make the check fail.
+    for w in mail_name_warnings(&t) {
+        println!("outq check: warning: {} (fix: {})", w.problem, w.fix);
     }
-    found.retain(|f| !f.warning);
+    for f in &found {
+        println!("outq check: {} (fix: {})", f.problem, f.fix);
+    }
     if found.is_empty() {
         println!(
             "outq check: {} is in order (owner {}, helper group {}, helper {})",
@@ -136,7 +132,6 @@ fn check_config(t: &Target, out: &mut Vec<Finding>) {
     for e in [runner_problem, crate::config::Aliasing::from_config(&t.cfg).err()].into_iter().flatten() {
         out.push(finding(format!("configuration {shown}: {e}"), "correct that line (see outq.conf(5))"));
     }
-    check_mail_name(t, out);
     if let Ok(a) = crate::config::Aliasing::from_config(&t.cfg) {
         check_aliases(&a, out);
     }
@@ -144,8 +139,12 @@ fn check_config(t: &Target, out: &mut Vec<Finding>) {
 
 /// Relays refuse senders such as `root@vm` (553): the name that qualifies
 /// bare addresses must be a fully qualified domain name.
-fn check_mail_name(t: &Target, out: &mut Vec<Finding>) {
-    let Ok(r) = crate::config::Rewriting::from_config(&t.cfg) else { return };
+fn mail_name_warnings(t: &Target) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if t.config_error.is_some() {
+        return out;
+    }
+    let Ok(r) = crate::config::Rewriting::from_config(&t.cfg) else { return out };
     let source = if t.cfg.myhostname.is_some() {
         "myhostname"
     } else if config::read_mailname(Path::new(config::MAILNAME_PATH)).is_some() {
@@ -154,17 +153,18 @@ fn check_mail_name(t: &Target, out: &mut Vec<Finding>) {
         "the system host name"
     };
     if !r.myhostname.contains('.') {
-        out.push(warning(
+        out.push(finding(
             format!("myhostname {} (from {source}) is not a fully qualified domain name; relays refuse senders such as root@{}", r.myhostname, r.myhostname),
             format!("set myhostname (or myorigin) in the configuration, or write the host's FQDN to {}", config::MAILNAME_PATH),
         ));
     }
     if !r.myorigin.contains('.') && r.myorigin != r.myhostname {
-        out.push(warning(
+        out.push(finding(
             format!("myorigin {} is not a fully qualified domain name", r.myorigin),
             "set myorigin to a domain such as example.org",
         ));
     }
+    out
 }
 
 fn check_aliases(a: &crate::config::Aliasing, out: &mut Vec<Finding>) {
