@@ -281,7 +281,10 @@ pub fn command_line(word: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     let mut out = Vec::new();
     for spec in list {
         let at = spec.at();
-        if at.is_none() && !spec.is_local_part(word) {
+        // What is left between the separators must be one addr-spec: no
+        // second angle bracket, no stray separator.
+        let stray = spec.toks.iter().any(|t| matches!(t.kind, Kind::Special(c) if c != b'.' && c != b'@'));
+        if stray || (at.is_none() && !spec.is_local_part(word)) {
             return Err(format!("{} is not an address", text(word, &spec.toks)));
         }
         out.push(text(word, &spec.toks).into_bytes());
@@ -417,5 +420,7 @@ mod tests {
         assert_eq!(s("-oQ@example.org"), ["-oQ@example.org"]);
         assert!(command_line(b"John Doe").is_err());
         assert!(command_line(b"\"open").is_err());
+        // Found by the sendmail_rewrite fuzz target: a nested angle bracket.
+        assert!(command_line(b"oe <ja <joha,ne@exampld.org6>").is_err());
     }
 }
