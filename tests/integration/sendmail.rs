@@ -803,6 +803,17 @@ fn etc_mailname_names_the_host_when_myhostname_is_not_set() {
     assert_eq!(rcpts, ["root@mail.example.test"]);
     assert_eq!(header(&got, "From"), "root@mail.example.test");
     assert!(header(&got, "Message-ID").ends_with("@mail.example.test>"));
+    // The helper, called directly, qualifies with the same name.
+    let mut c = s.spool.helper();
+    c.arg("postmaster");
+    run_with_input(c, b"Subject: direct\n\nx\n").queue_id();
+    let direct = s
+        .entries()
+        .into_iter()
+        .find(|(h, _)| h.recipients.len() == 1 && h.recipients[0].as_str().starts_with("postmaster"))
+        .unwrap();
+    assert_eq!(direct.0.recipients[0].as_str(), "postmaster@mail.example.test");
+    assert_eq!(direct.0.sender.as_str(), format!("{}@mail.example.test", my_login()));
 
     // A mail name that is not a domain is ignored (the host name is used).
     drop(_name);
