@@ -851,32 +851,32 @@ fn refusals_and_replaced_nul_bytes_are_logged_to_syslog_with_facility_mail() {
         return;
     }
     let _lock = crate::support::privileged_lock();
-    // Our own syslog socket: at /dev/log when there is none, else bound
-    // over it in a private mount namespace for the one program.
-    let dir = tempfile::Builder::new().prefix("oqt-log-").tempdir_in(crate::support::trusted_tmp_parent()).unwrap();
-    let existing = Path::new("/dev/log").exists();
-    let path = if existing { dir.path().join("log") } else { Path::new("/dev/log").to_path_buf() };
-    struct Remove(Option<std::path::PathBuf>);
-    impl Drop for Remove {
+    // Our own syslog socket at /dev/log; a system one is moved aside
+    // (same directory, so a rename) for the few seconds of the test and
+    // put back on drop, even when the test fails.
+    const DEV_LOG: &str = "/dev/log";
+    const SAVED: &str = "/dev/log.outq-test-saved";
+    struct Restore {
+        moved: bool,
+    }
+    impl Drop for Restore {
         fn drop(&mut self) {
-            if let Some(p) = &self.0 {
-                let _ = std::fs::remove_file(p);
+            let _ = std::fs::remove_file(DEV_LOG);
+            if self.moved {
+                let _ = std::fs::rename(SAVED, DEV_LOG);
             }
         }
     }
-    let sock = UnixDatagram::bind(&path).unwrap();
-    let _remove = Remove((!existing).then(|| path.clone()));
+    let moved = std::fs::symlink_metadata(DEV_LOG).is_ok();
+    if moved {
+        std::fs::rename(DEV_LOG, SAVED).unwrap();
+    }
+    let _restore = Restore { moved };
+    let sock = UnixDatagram::bind(DEV_LOG).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let s = SendmailSpool::new();
     let sendmail = |args: &[&str]| -> Command {
-        let mut c = if existing {
-            let mut c = Command::new("unshare");
-            c.args(["--mount", "--propagation", "private", "sh", "-c", "mount --bind \"$0\" /dev/log && exec \"$@\""]);
-            c.arg(&path).arg(bin("outq-sendmail"));
-            c
-        } else {
-            Command::new(bin("outq-sendmail"))
-        };
+        let mut c = Command::new(bin("outq-sendmail"));
         c.arg("-C").arg(&s.config).args(args);
         c
     };
