@@ -41,7 +41,7 @@ pub enum Mode {
     ListQueue,
     /// `-bi`, `-I`, `newaliases`: check the aliases file (there is nothing
     /// to compile).
-    Aliases,
+    RebuildAliases,
 }
 
 /// The parsed command line; addresses and the full name are raw bytes.
@@ -73,13 +73,13 @@ const WITH_VALUE: &[u8] = b"bBCfFNoRrV";
 const FLAGS: &[u8] = b"tivI";
 
 /// Parse the command line. `argv0` is the name the program was run as:
-/// `mailq` means `-bp`.
+/// `mailq` means `-bp`, `newaliases` means `-bi`.
 pub fn parse(argv0: Option<&OsStr>, argv: impl Iterator<Item = OsString>) -> Result<Args, UsageError> {
     let mut args = Args::default();
     let invoked_as = argv0.map(|a| a.as_bytes().rsplit(|&b| b == b'/').next().unwrap_or_default().to_vec());
     match invoked_as.as_deref() {
         Some(b"mailq") => args.mode = Mode::ListQueue,
-        Some(b"newaliases") => args.mode = Mode::Aliases,
+        Some(b"newaliases") => args.mode = Mode::RebuildAliases,
         _ => {}
     }
     let mut it = argv.map(OsString::into_vec);
@@ -101,7 +101,7 @@ pub fn parse(argv0: Option<&OsStr>, argv: impl Iterator<Item = OsString>) -> Res
                 match letter {
                     b't' => args.extract = true,
                     b'i' => args.ignore_dots = true,
-                    b'I' => args.mode = Mode::Aliases,
+                    b'I' => args.mode = Mode::RebuildAliases,
                     _ => {} // -v
                 }
                 continue;
@@ -129,7 +129,7 @@ fn apply(args: &mut Args, letter: u8, value: Vec<u8>) -> Result<(), UsageError> 
         b'b' => match value.as_slice() {
             b"m" => args.mode = Mode::Deliver,
             b"p" => args.mode = Mode::ListQueue,
-            b"i" => args.mode = Mode::Aliases,
+            b"i" => args.mode = Mode::RebuildAliases,
             _ => return Err(UsageError(format!("option -b{} is not supported", escape(&value)))),
         },
         b'o' => match value.as_slice() {
@@ -236,10 +236,12 @@ mod tests {
 
     #[test]
     fn alias_checking() {
-        assert_eq!(p(&["-bi"]).unwrap().mode, Mode::Aliases);
-        assert_eq!(p(&["-I"]).unwrap().mode, Mode::Aliases);
+        assert_eq!(p(&["-bi"]).unwrap().mode, Mode::RebuildAliases);
+        assert_eq!(p(&["-I"]).unwrap().mode, Mode::RebuildAliases);
         let a = parse(Some(OsStr::new("/usr/bin/newaliases")), std::iter::empty()).unwrap();
-        assert_eq!(a.mode, Mode::Aliases);
+        assert_eq!(a.mode, Mode::RebuildAliases);
+        let a = parse(Some(OsStr::new("sendmail")), ["-bi".into()].into_iter()).unwrap();
+        assert_eq!(a.mode, Mode::RebuildAliases);
     }
 
     #[test]

@@ -119,7 +119,7 @@ fn run() -> Result<Done, Failure> {
     if args.mode == args::Mode::ListQueue {
         return Ok(Done::Listed(list_queue(args.config.as_ref().map(|_| config_path.clone()))));
     }
-    if args.mode == args::Mode::Aliases {
+    if args.mode == args::Mode::RebuildAliases {
         return check_aliases(&config_path);
     }
     if closed.stdin {
