@@ -12,6 +12,10 @@ One delivery attempt of one entry, from `active/` to its next place.
 */
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use nix::unistd::{Uid, User};
 use outq_spool::address::Mailbox;
 use outq_spool::log::escape;
@@ -37,11 +41,39 @@ pub enum Disposition {
     Stuck,
 }
 
+/// How long a login name looked up for the Received header is reused: the
+/// submitters of a queue are few, and one password-database lookup per
+/// message (an open, read and close of /etc/passwd with the `files`
+/// backend) was a good part of the runner's system calls. A renamed
+/// account shows its new name after at most this long.
+const LOGIN_TTL: Duration = Duration::from_secs(60);
+/// Most names kept; beyond that the cache starts over.
+const LOGIN_CACHE_MAX: usize = 256;
+
+/// Names by uid, with when they were looked up (shared by the workers).
+static LOGINS: Mutex<BTreeMap<u32, (String, Instant)>> = Mutex::new(BTreeMap::new());
+
 fn login_of(uid: u32) -> String {
-    match User::from_uid(Uid::from_raw(uid)) {
-        Ok(Some(u)) => escape(u.name.as_bytes()),
-        _ => "unknown".into(),
+    let now = Instant::now();
+    if let Ok(cache) = LOGINS.lock() {
+        if let Some((name, at)) = cache.get(&uid) {
+            if now.saturating_duration_since(*at) < LOGIN_TTL {
+                return name.clone();
+            }
+        }
     }
+    let name = match User::from_uid(Uid::from_raw(uid)) {
+        Ok(Some(u)) => escape(u.name.as_bytes()),
+        // Not kept: the next message asks again.
+        _ => return "unknown".into(),
+    };
+    if let Ok(mut cache) = LOGINS.lock() {
+        if cache.len() >= LOGIN_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(uid, (name.clone(), now));
+    }
+    name
 }
 
 /// The trace header outq adds: who submitted it, from the file's owner.
@@ -193,4 +225,23 @@ fn finish(store: &Store, s: &Settings, entry: &Loaded, mut state: State) -> Disp
         logging::info(&format!("{id}: moved to failed/ ({failed} recipient(s) failed)"));
     }
     disposition
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_names_are_cached_for_a_while() {
+        // A uid no account has: only the cache can give it a name.
+        let uid = u32::MAX - 7;
+        assert_eq!(login_of(uid), "unknown");
+        LOGINS.lock().unwrap().insert(uid, ("cached".into(), Instant::now()));
+        assert_eq!(login_of(uid), "cached");
+        let old = Instant::now().checked_sub(LOGIN_TTL * 2).unwrap();
+        LOGINS.lock().unwrap().insert(uid, ("cached".into(), old));
+        assert_eq!(login_of(uid), "unknown", "an expired name is looked up again");
+        assert_eq!(login_of(0), "root");
+        assert_eq!(LOGINS.lock().unwrap().get(&0).map(|(n, _)| n.as_str()), Some("root"));
+    }
 }
