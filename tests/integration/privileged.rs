@@ -339,10 +339,20 @@ fn caller_commits_an_entry_it_owns_with_mode_0404() {
     let (h, got) = entry::parse_bytes(&data, &LIMITS).unwrap();
     assert_eq!(h.id.as_str(), id);
     assert_eq!(h.uid, caller.uid);
-    assert_eq!(h.login, caller.name);
+    // With -f and submit_users = anyone the helper makes no password
+    // lookup: the entry names the submitter by uid (and file owner) only.
+    assert_eq!(h.login, None);
     assert_eq!(h.sender.as_str(), "sender@example.org");
     assert_eq!(got, body.as_slice());
+    fx.clear_new();
+    // Without -f the login is looked up for the default sender, and kept.
+    let r = fx.submit(caller, &["rcpt@example.org"], &body);
+    let path = fx.assert_accepted("default sender", &r);
+    let (h, _) = entry::parse_bytes(&std::fs::read(&path).unwrap(), &LIMITS).unwrap();
+    assert_eq!(h.login.as_deref(), Some(caller.name.as_str()));
+    assert!(h.sender.as_str().starts_with(&format!("{}@", caller.name)), "{}", h.sender.as_str());
 }
+
 
 #[test]
 fn callers_cannot_list_or_read_the_spool() {

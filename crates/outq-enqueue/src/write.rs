@@ -243,10 +243,10 @@ pub fn announce(id: &QueueId, size: u64, caller: &Caller, envelope: &Envelope) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let printed = writeln!(out, "{id}").and_then(|()| out.flush());
+    let login = caller.login.as_deref().map(|l| format!(" ({})", log::escape(l.as_bytes()))).unwrap_or_default();
     log::info(&format!(
-        "{id}: uid={} ({}) from={} nrcpt={} size={size}",
+        "{id}: uid={}{login} from={} nrcpt={} size={size}",
         caller.uid,
-        log::escape(caller.login.as_bytes()),
         log::escape(envelope.sender.to_string().as_bytes()),
         envelope.recipients.len()
     ));
