@@ -312,7 +312,8 @@ pub fn load(path: &Path, trust: &Trust) -> Result<(Config, bool), ConfigError> {
     };
     let st = fstat(&fd).map_err(|e| ConfigError::Untrusted(FsError::sys(shown.clone(), e)))?;
     fs::require_trusted_file(&shown, &st, &trust.owners, MAX_CONFIG_SIZE).map_err(ConfigError::Untrusted)?;
-    let text = fs::read_all(fd, MAX_CONFIG_SIZE).map_err(|e| {
+    let expected = u64::try_from(st.st_size).unwrap_or(0);
+    let text = fs::read_all_sized(fd, MAX_CONFIG_SIZE, expected).map_err(|e| {
         ConfigError::Untrusted(FsError::sys(shown.clone(), Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
     })?;
     let cfg = parse(&text).map_err(|error| ConfigError::Syntax { path: shown, error })?;
