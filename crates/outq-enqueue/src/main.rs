@@ -48,6 +48,6 @@ fn run() -> Result<(), failure::Failure> {
     let envelope = policy::envelope(&args, &cfg, &caller)?;
     spool::check_free_space(&dirs, &cfg)?;
     let (id, size) = write::submit(&dirs, &cfg, &env, &caller, &envelope)?;
-    write::announce(&id, size, &caller, &envelope);
+    write::announce(&id, size, &caller, &envelope, &env);
     Ok(())
 }

@@ -238,14 +238,20 @@ fn commit(entry: &mut TempEntry<'_>, dirs: &Dirs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Print the queue ID and log the acceptance.
-pub fn announce(id: &QueueId, size: u64, caller: &Caller, envelope: &Envelope) {
+/// Print the queue ID and log the acceptance: one line, which also carries
+/// the queue ID to a caller that closed its standard output.
+pub fn announce(id: &QueueId, size: u64, caller: &Caller, envelope: &Envelope, env: &Env) {
     use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let printed = writeln!(out, "{id}").and_then(|()| out.flush());
+    let printed = if env.stdout_closed {
+        Ok(())
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{id}").and_then(|()| out.flush())
+    };
     let login = caller.login.as_deref().map(|l| format!(" ({})", log::escape(l.as_bytes()))).unwrap_or_default();
+    let note = if env.stdout_closed { " (standard output closed: queue ID logged only)" } else { "" };
     log::info(&format!(
-        "{id}: uid={}{login} from={} nrcpt={} size={size}",
+        "{id}: uid={}{login} from={} nrcpt={} size={size}{note}",
         caller.uid,
         log::escape(envelope.sender.to_string().as_bytes()),
         envelope.recipients.len()
