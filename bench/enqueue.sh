@@ -724,7 +724,7 @@ res="$work/RESULTS.md"
     for size in 4k 1m; do
         le "${DIRECT[$size]}" 1.1 && continue
         if [ "$trace_note" = measured ]; then
-            echo "Why not, for $(label_of "$size"): the helper takes $(ms "${GAP[$size]}") ms more than dd. Of that, the second fsync (with the rename), which dd does not do, is $(ms "${SPLIT_F2[$size]}") ms; its first fsync costs $(ms "${SPLIT_F1[$size]}") ms more than dd's only one; its start-up differs from dd's by $(ms "$STARTUP") ms; the remaining $(ms "${SPLIT_REST[$size]}") ms are its other work (configuration and spool checks, password lookup, the copy loop with its NUL scan, syslog). See \"Where the time goes\"."
+            echo "Why not, for $(label_of "$size"): the helper takes $(ms "${GAP[$size]}") ms more than dd. Of that, the rename (and a second fsync, if any), which dd does not do, is $(ms "${SPLIT_F2[$size]}") ms; its fsync costs $(ms "${SPLIT_F1[$size]}") ms more than dd's; its start-up differs from dd's by $(ms "$STARTUP") ms; the remaining $(ms "${SPLIT_REST[$size]}") ms are its other work (configuration and spool checks, the copy loop with its NUL scan, syslog). See \"Where the time goes\"."
         else
             echo "Why not, for $(label_of "$size"): the helper takes $(ms "${GAP[$size]}") ms more than dd; it makes two fsyncs (see below) and does more work around them."
         fi
@@ -732,11 +732,10 @@ res="$work/RESULTS.md"
     done
     echo "## Where the time goes"
     echo
-    echo "The helper's commit protocol makes **two** \`fsync\` calls where \`dd conv=fsync\` makes **one**:"
+    echo "The helper's commit protocol makes **one** \`fsync\`, as \`dd conv=fsync\` does, but after a rename:"
     echo
-    echo "1. \`fsync(tmp/ID)\` after writing, before the commit, so that no entry is ever visible in new/ without its data on disk;"
-    echo "2. \`renameat2(tmp/ID → new/ID, RENAME_NOREPLACE)\`, the commit point;"
-    echo "3. \`fsync\` on the same file again, to make the rename durable. The helper cannot fsync new/ itself: new/ is mode 3730 and the helper's group has no read permission on it (by design: no caller can list other callers' queue IDs), so it cannot open the directory for fsync. On ext4 the rename dirties the file's inode (ctime), so this second fsync forces a second journal commit with its own cache flush."
+    echo "1. \`renameat2(tmp/ID → new/ID, RENAME_NOREPLACE)\`, the commit point, once the whole entry is written;"
+    echo "2. \`fsync\` on the file: its data, its inode and its name in new/ (the helper cannot fsync new/ itself: new/ is mode 3730 and the helper's group has no read permission on it, by design). Why that is enough on ext4, XFS and btrfs: outq-spool(5), DURABILITY."
     echo
     echo "It also does more before and around the write than dd: a set-group-ID exec (the dynamic loader in secure mode), start-up hardening, reading and checking the configuration, opening the spool path (\`openat2\` without symbolic links, each directory above checked), \`statvfs\`, \`fchmod\`/\`fstat\` checks, a NUL scan of every chunk, and one syslog record. (Called with \`-f\`, as outq-sendmail calls it, the helper makes no password-database lookup.)"
     echo
