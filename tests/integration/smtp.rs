@@ -47,7 +47,7 @@ impl Msg {
             id: QueueId::parse("0692A1B2C3D4E5F60718293A4B").unwrap(),
             arrival: 1_764_345_600,
             uid: 1000,
-            login: "tester".into(),
+            login: Some("tester".into()),
             sender: Sender::parse(b"tester@client.example").unwrap(),
             recipients: recipients.iter().map(|r| Mailbox::parse(r.as_bytes()).unwrap()).collect(),
             size: body.len() as u64,

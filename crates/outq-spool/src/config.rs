@@ -371,7 +371,8 @@ pub fn read_trusted(path: &Path, trust: &Trust, max: u64) -> Result<Option<Vec<u
     };
     let st = fstat(&fd).map_err(|e| FsError::sys(shown.clone(), e))?;
     fs::require_trusted_file(&shown, &st, &trust.owners, max)?;
-    let text = fs::read_all(fd, max)
+    let expected = u64::try_from(st.st_size).unwrap_or(0);
+    let text = fs::read_all_sized(fd, max, expected)
         .map_err(|e| FsError::sys(shown.clone(), Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
     Ok(Some(text))
 }

@@ -187,10 +187,12 @@ impl Terminations {
         self.received.get()
     }
 
-    /// Wait until `input` is readable or a termination signal arrives.
+    /// Wait until `input` is readable or a termination signal arrives. A
+    /// signal already pending makes the signalfd readable, so one `poll`
+    /// sees both; the signalfd is read only when it is.
     pub fn wait_readable(&self, input: BorrowedFd<'_>) -> io::Result<Wait> {
         loop {
-            if let Some(sig) = self.pending() {
+            if let Some(sig) = self.received.get() {
                 return Ok(Wait::Signal(sig));
             }
             let mut fds = [PollFd::new(input, PollFlags::POLLIN), PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
@@ -201,7 +203,9 @@ impl Terminations {
             }
             let [input_ready, signal_ready] = fds.map(|f| f.any().unwrap_or(false));
             if signal_ready {
-                continue; // picked up by pending() above
+                if let Some(sig) = self.pending() {
+                    return Ok(Wait::Signal(sig));
+                }
             }
             if input_ready {
                 return Ok(Wait::Ready);
