@@ -396,13 +396,19 @@ impl Store {
         self.sync_dir(None, ticket)
     }
 
-    /// Set the next attempt of `id` to `when` (mtime only; `outq flush`),
-    /// durably.
+    /// Set the next attempt of `id` to `when` (mtime only; `outq flush`).
+    /// Not yet durable: see [`Store::sync_states`].
     pub fn set_due(&self, id: &str, when: u64) -> Result<(), Errno> {
         let fd = openat(self.state.as_fd(), id, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
         let t = TimeSpec::new(i64::try_from(when).unwrap_or(i64::MAX), 0);
-        futimens(fd.as_fd(), &t, &t)?;
-        fsync(fd.as_fd())
+        futimens(fd.as_fd(), &t, &t)
+    }
+
+    /// Make every change to state files durable at once (`syncfs` of the
+    /// spool's file system: one call however many files `outq flush`
+    /// touched).
+    pub fn sync_states(&self) -> Result<(), Errno> {
+        nix::unistd::syncfs(self.state.as_fd())
     }
 
     /// Record an operator's request for an entry in `active/`, durably.
