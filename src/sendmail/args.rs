@@ -15,7 +15,8 @@ What is understood:
 - `-f SENDER` and `-r SENDER` the envelope sender, `-F NAME` the full name
   for a `From:` header outq-sendmail adds;
 - `-bm` deliver (the default), `-bp` list the queue (also when invoked as
-  `mailq`), `-bi` rebuild the aliases (also when invoked as `newaliases`);
+  `mailq`), `-bi` or `-I` check the aliases file (also when invoked as
+  `newaliases`);
 - `-C FILE` an alternate configuration file;
 - accepted and ignored: `-v`, `-oem`, `-oee`, `-odb`, `-odi`, `-om`, and
   `-B TYPE`, `-N DSN`, `-R RET`, `-V ENVID` with their values.
@@ -38,7 +39,8 @@ pub enum Mode {
     Deliver,
     /// `-bp`: list the queue (`outq list`).
     ListQueue,
-    /// `-bi`: rebuild the alias database (`newaliases`).
+    /// `-bi`, `-I`, `newaliases`: check the aliases file (there is nothing
+    /// to compile).
     RebuildAliases,
 }
 
@@ -68,7 +70,7 @@ pub const USAGE: &str = "usage: outq-sendmail [-t] [-i] [-f sender] [-F name] [-
 /// Options that take a value.
 const WITH_VALUE: &[u8] = b"bBCfFNoRrV";
 /// Options without a value.
-const FLAGS: &[u8] = b"tiv";
+const FLAGS: &[u8] = b"tivI";
 
 /// Parse the command line. `argv0` is the name the program was run as:
 /// `mailq` means `-bp`, `newaliases` means `-bi`.
@@ -99,6 +101,7 @@ pub fn parse(argv0: Option<&OsStr>, argv: impl Iterator<Item = OsString>) -> Res
                 match letter {
                     b't' => args.extract = true,
                     b'i' => args.ignore_dots = true,
+                    b'I' => args.mode = Mode::RebuildAliases,
                     _ => {} // -v
                 }
                 continue;
@@ -232,8 +235,9 @@ mod tests {
     }
 
     #[test]
-    fn alias_rebuild() {
+    fn alias_checking() {
         assert_eq!(p(&["-bi"]).unwrap().mode, Mode::RebuildAliases);
+        assert_eq!(p(&["-I"]).unwrap().mode, Mode::RebuildAliases);
         let a = parse(Some(OsStr::new("/usr/bin/newaliases")), std::iter::empty()).unwrap();
         assert_eq!(a.mode, Mode::RebuildAliases);
         let a = parse(Some(OsStr::new("sendmail")), ["-bi".into()].into_iter()).unwrap();
