@@ -55,12 +55,12 @@ const QUEUES: [&str; 8] = ["tmp", "new", "active", "deferred", "hold", "failed",
 
 /// A private spool made by `outq init`, owned by the account that runs
 /// the runner: the current user, or `nobody` when we are root.
-struct Dev {
+pub(crate) struct Dev {
     dir: tempfile::TempDir,
     bin: PathBuf,
     work: PathBuf,
-    spool: PathBuf,
-    config: PathBuf,
+    pub(crate) spool: PathBuf,
+    pub(crate) config: PathBuf,
     as_nobody: bool,
     uid: u32,
     gid: u32,
@@ -69,7 +69,7 @@ struct Dev {
 }
 
 impl Dev {
-    fn new(pipelining: bool) -> Dev {
+    pub(crate) fn new(pipelining: bool) -> Dev {
         let dir = tempfile::Builder::new().prefix("oqt-faults-").tempdir_in("/tmp").unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let as_nobody = nix::unistd::geteuid().is_root();
@@ -105,7 +105,7 @@ impl Dev {
 
     /// The configuration: `relay`, short timeouts, one connection, no
     /// STARTTLS unless `settings` say otherwise.
-    fn configure(&self, relay: &str, settings: &[(&str, &str)]) {
+    pub(crate) fn configure(&self, relay: &str, settings: &[(&str, &str)]) {
         let mut keys: BTreeMap<&str, String> = [
             ("spool_min_free", "0"),
             ("myhostname", MYHOSTNAME),
@@ -127,7 +127,7 @@ impl Dev {
         std::fs::set_permissions(&self.config, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
 
-    fn own(&self, path: &Path) {
+    pub(crate) fn own(&self, path: &Path) {
         if self.as_nobody {
             std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid)).unwrap();
         }
@@ -151,7 +151,7 @@ impl Dev {
     }
 
     /// A program from `bin/`, run as the runner's account.
-    fn cmd(&self, program: &str) -> Command {
+    pub(crate) fn cmd(&self, program: &str) -> Command {
         let path = self.bin.join(program);
         let mut c = if self.as_nobody {
             let mut c = Command::new("/usr/bin/setpriv");
@@ -169,7 +169,7 @@ impl Dev {
     }
 
     #[track_caller]
-    fn submit(&self, rcpts: &[String], body: &[u8]) -> String {
+    pub(crate) fn submit(&self, rcpts: &[String], body: &[u8]) -> String {
         let mut c = self.cmd("outq-enqueue");
         c.arg("--spool").arg(&self.spool).arg("--config").arg(&self.config);
         c.args(["-f", SENDER]).args(rcpts);
@@ -178,7 +178,7 @@ impl Dev {
 
     /// `outq run --once`, which must succeed; its log and how long it took.
     #[track_caller]
-    fn run_once(&self) -> (String, Duration) {
+    pub(crate) fn run_once(&self) -> (String, Duration) {
         let mut c = self.cmd("outq");
         c.arg("run").arg("--once").arg("--spool").arg(&self.spool).arg("--config").arg(&self.config);
         c.args(["--log", "stderr"]);
@@ -189,17 +189,17 @@ impl Dev {
         (r.stderr, took)
     }
 
-    fn names(&self, q: &str) -> Vec<String> {
+    pub(crate) fn names(&self, q: &str) -> Vec<String> {
         list(&self.spool.join(q))
     }
 
-    fn state(&self, id: &str) -> Option<String> {
+    pub(crate) fn state(&self, id: &str) -> Option<String> {
         std::fs::read_to_string(self.spool.join("state").join(id)).ok()
     }
 
     /// Make a deferred entry due: its state file's mtime is its next
     /// attempt (what `touch -d '1 hour ago' state/ID` does).
-    fn make_due(&self, id: &str) {
+    pub(crate) fn make_due(&self, id: &str) {
         let p = self.spool.join("state").join(id);
         if p.exists() {
             let past = SystemTime::now() - Duration::from_secs(3600);
