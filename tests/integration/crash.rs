@@ -401,14 +401,16 @@ fn crash_entry_stuck_in_active_is_retried_at_the_next_queue_run() {
     // keeps its connection open).
     let healed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = healed.clone();
-    let mut opts = Opts::default();
-    opts.script = std::sync::Arc::new(move |line: &str| {
-        if line.starts_with("RCPT") && !flag.load(std::sync::atomic::Ordering::SeqCst) {
-            crate::smtp_server::Act::Reply("451 4.3.0 later".into())
-        } else {
-            crate::smtp_server::Act::Default
-        }
-    });
+    let opts = Opts {
+        script: std::sync::Arc::new(move |line: &str| {
+            if line.starts_with("RCPT") && !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                crate::smtp_server::Act::Reply("451 4.3.0 later".into())
+            } else {
+                crate::smtp_server::Act::Default
+            }
+        }),
+        ..Opts::default()
+    };
     let server = Server::start(opts);
     let dev = Dev::new(true);
     dev.configure(&server.url(), &[("queue_run_interval", "1s"), ("minimal_backoff_time", "1s")]);
