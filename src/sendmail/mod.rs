@@ -10,7 +10,11 @@ returns the helper's exit code. Read in this order:
 - [`dots`]: the lone-dot rule, applied while the message streams;
 - [`headers`]: the header section: `-t` recipients, `Bcc:` removal, and the
   `From:`, `Date:` and `Message-ID:` fields added when missing;
-- [`helper`]: running the helper and streaming the message into it.
+- [`helper`]: running the helper and streaming the message into it;
+- [`smtpd`], [`smtp_command`], [`smtp_data`], [`smtp_stdio`]: `-bs`, an
+  SMTP session on standard input and output whose messages go through the
+  same pipeline;
+- [`mailq`]: `-bp` and `mailq`; [`queue_run`]: `-q`.
 
 outq-sendmail holds no privilege, so everything it does can be done by its
 caller directly with `outq-enqueue`; the helper checks the envelope and
@@ -23,8 +27,14 @@ pub mod args;
 pub mod dots;
 pub mod headers;
 pub mod helper;
+pub mod mailq;
+pub mod queue_run;
+pub mod smtp_command;
+pub mod smtp_data;
+pub mod smtp_stdio;
+pub mod smtpd;
 
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -96,24 +106,81 @@ fn run() -> Result<Done, Failure> {
         Some(p) => absolute(p)?,
         None => PathBuf::from(config::CONFIG_PATH),
     };
-    if args.mode == args::Mode::ListQueue {
-        return Ok(Done::Listed(list_queue(args.config.as_ref().map(|_| config_path.clone()))));
+    let explicit_config = args.config.as_ref().map(|_| config_path.clone());
+    match args.mode {
+        args::Mode::ListQueue => return Ok(Done::Listed(mailq::run(explicit_config))),
+        args::Mode::Flush => return Ok(Done::Listed(queue_run::run(explicit_config, args.flush_id.clone()))),
+        args::Mode::Nothing => return Ok(Done::Code(0)),
+        args::Mode::Deliver | args::Mode::Smtp | args::Mode::Verify => {}
+    }
+    let ctx = Context::load(config_path)?;
+    if args.mode == args::Mode::Verify {
+        return Ok(Done::Code(verify(&args.recipients, &ctx.host)));
     }
     if closed.stdin {
         return Err(Failure::new(Code::NoInput, "standard input is closed", "give the message on standard input"));
     }
-    let (cfg, found) = load_config(&config_path)?;
-    let runner = RunnerConfig::from_config(&cfg).map_err(|e| {
-        Failure::temp(format!("{}: {e}", config_path.display()), "correct the configuration file; see outq.conf(5)")
-    })?;
-    let host = config::effective_hostname(&cfg);
-    let me = Identity::new(&args, &host)?;
-
     let signals = process::take_termination_signals()
         .map_err(|e| Failure::temp(format!("cannot set up signal handling: {e}"), "report this as a bug"))?;
+    if args.mode == args::Mode::Smtp {
+        return smtp_stdio::serve(&ctx, &signals).map(Done::Code);
+    }
+    let me = Identity::new(&args, &ctx.host)?;
     let input = dots::DotReader::new(helper::Input { signals: &signals }, !args.ignore_dots);
     let mut reader = BufReader::with_capacity(64 * 1024, input);
-    let section = headers::read_section(&mut reader).map_err(|e| match e {
+    let message = Message { me: &me, recipients: &args.recipients, extract: args.extract };
+    submit_stream(&ctx, &message, &mut reader, &signals).map(Done::Code)
+}
+
+/// The configuration outq-sendmail runs with.
+#[derive(Debug)]
+pub struct Context {
+    cfg: Config,
+    config_path: PathBuf,
+    /// Whether the configuration file exists.
+    found: bool,
+    runner: RunnerConfig,
+    host: String,
+}
+
+impl Context {
+    fn load(config_path: PathBuf) -> Result<Context, Failure> {
+        let (cfg, found) = load_config(&config_path)?;
+        let runner = RunnerConfig::from_config(&cfg).map_err(|e| {
+            Failure::temp(format!("{}: {e}", config_path.display()), "correct the configuration file; see outq.conf(5)")
+        })?;
+        let host = config::effective_hostname(&cfg);
+        Ok(Context { cfg, config_path, found, runner, host })
+    }
+
+    fn helper(&self) -> helper::Helper {
+        let development = match helper::is_setgid(&self.runner.enqueue_program) {
+            Some(false) if self.found => Some((self.cfg.spool_directory.clone(), self.config_path.clone())),
+            _ => None,
+        };
+        helper::Helper { program: self.runner.enqueue_program.clone(), development }
+    }
+}
+
+/// Who sends one message, and to whom.
+#[derive(Debug)]
+struct Message<'a> {
+    me: &'a Identity,
+    recipients: &'a [Vec<u8>],
+    /// `-t`: also the recipients of the headers.
+    extract: bool,
+}
+
+/// The pipeline every message goes through, from the command line (`-t`)
+/// and from SMTP (`-bs`) alike: the header section read and completed,
+/// the recipients settled, the helper run with the rest of `reader`.
+fn submit_stream<R: BufRead>(
+    ctx: &Context,
+    msg: &Message<'_>,
+    reader: &mut R,
+    signals: &process::Terminations,
+) -> Result<u8, Failure> {
+    let section = headers::read_section(reader).map_err(|e| match e {
         headers::ReadError::TooLarge => Failure::new(
             Code::DataErr,
             format!("the header section is longer than {} bytes", headers::MAX_HEADER_BYTES),
@@ -126,17 +193,27 @@ fn run() -> Result<Done, Failure> {
         ),
         headers::ReadError::Io(e) => helper::input_failure(&e),
     })?;
-
-    let recipients = envelope_recipients(&args, &section)?;
-    let added = missing_fields(&section, &me, &host)?;
+    let recipients = envelope_recipients(msg.recipients, msg.extract, &section)?;
+    let added = missing_fields(&section, msg.me, &ctx.host)?;
     let head = headers::render(&section, &added);
+    helper::submit(&ctx.helper(), &msg.me.envelope_sender, &recipients, &head, reader, signals)
+}
 
-    let development = match helper::is_setgid(&runner.enqueue_program) {
-        Some(false) if found => Some((cfg.spool_directory.clone(), config_path.clone())),
-        _ => None,
-    };
-    let helper = helper::Helper { program: runner.enqueue_program.clone(), development };
-    helper::submit(&helper, &me.envelope_sender, &recipients, &head, &mut reader, &signals).map(Done::Code)
+/// `-bv`: say for each address whether it would be accepted; queue
+/// nothing. Exit 0 when all are, 67 (EX_NOUSER, as sendmail) otherwise.
+fn verify(recipients: &[Vec<u8>], host: &str) -> u8 {
+    let mut out = std::io::stdout().lock();
+    let mut bad = false;
+    for r in recipients {
+        let _ = match Mailbox::parse_or_qualify(r, host) {
+            Ok(m) => writeln!(out, "{}... deliverable: queued for the relay as <{}>", escape(r), m.as_str()),
+            Err(e) => {
+                bad = true;
+                writeln!(out, "{}... invalid address: {e}", escape(r))
+            }
+        };
+    }
+    if bad { 67 } else { 0 }
 }
 
 /// A relative `-C` path, made absolute from the working directory.
@@ -157,20 +234,6 @@ fn load_config(path: &Path) -> Result<(Config, bool), Failure> {
         ),
         e => Failure::temp(e.to_string(), "correct the configuration file; see outq.conf(5)"),
     })
-}
-
-/// `-bp`: what `outq list` prints, from the same library code (it needs
-/// the queue owner or root, as `outq list` does).
-fn list_queue(config: Option<PathBuf>) -> ExitCode {
-    let listed = crate::ops::open(&crate::ops::Where { spool: None, config })
-        .and_then(|opened| crate::ops::list::run(&opened, None, false));
-    match listed {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let _ = writeln!(std::io::stderr().lock(), "outq-sendmail: {e}");
-            ExitCode::from(e.code)
-        }
-    }
 }
 
 /// The envelope sender and the `From:` address and name.
@@ -249,9 +312,9 @@ impl Identity {
 /// The command line's recipients, then (with `-t`) those of the headers,
 /// each once, in order. Postfix's rule: with `-t`, addresses on the command
 /// line are added to those in the headers, not removed from them.
-fn envelope_recipients(args: &args::Args, section: &headers::Section) -> Result<Vec<Vec<u8>>, Failure> {
-    let mut all = args.recipients.clone();
-    if args.extract {
+fn envelope_recipients(given: &[Vec<u8>], extract: bool, section: &headers::Section) -> Result<Vec<Vec<u8>>, Failure> {
+    let mut all = given.to_vec();
+    if extract {
         let found = headers::recipients(&section.fields).map_err(|e| {
             Failure::new(Code::DataErr, e.what, "write recipients as local@domain or Name <local@domain>")
         })?;
