@@ -23,5 +23,6 @@ mod privileged;
 mod runner;
 mod sendmail;
 mod smtp;
+mod smtp_submit;
 mod soak;
 mod support;
