@@ -20,6 +20,7 @@ mod faults;
 mod install;
 mod ops;
 mod privileged;
+mod programs;
 mod runner;
 mod sendmail;
 mod smtp;
