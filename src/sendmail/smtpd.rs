@@ -457,6 +457,44 @@ mod tests {
         assert_eq!(codes(&out).len(), 1 + MAX_ERRORS as usize + 1);
     }
 
+    /// The fuzz target's properties over deterministic mutations of a
+    /// pipelined session (the fuzzer itself needs cargo-fuzz).
+    #[test]
+    fn mutated_sessions_keep_the_invariants() {
+        let seed: &[u8] = b"EHLO c\r\nMAIL FROM:<a@b.example> SIZE=10\r\nRCPT TO:<r@d.example>\r\nDATA\r\nSubject: x\r\n\r\n..y\r\n.\r\nQUIT\r\n";
+        let alphabet = b"\r\n.\0 <>:@ADTQMR";
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..3000 {
+            let mut input = seed.to_vec();
+            for _ in 0..(next() % 6 + 1) {
+                let at = usize::try_from(next() % (input.len() as u64 + 1)).unwrap();
+                let b = alphabet[usize::try_from(next() % alphabet.len() as u64).unwrap()];
+                match next() % 3 {
+                    0 if at < input.len() => input[at] = b,
+                    1 if at < input.len() => {
+                        input.remove(at);
+                    }
+                    _ => input.insert(at, b),
+                }
+            }
+            let (out, keep, _) = session(&input, 2);
+            for line in out.split_inclusive('\n') {
+                assert!(line.ends_with("\r\n") && line.len() >= 6, "{line:?}");
+                assert!(line.as_bytes()[..3].iter().all(u8::is_ascii_digit), "{line:?}");
+            }
+            for (env, text) in keep.got {
+                assert!((1..=2).contains(&env.recipients.len()));
+                assert!(!text.contains(&0) && text.len() <= 1000);
+            }
+        }
+    }
+
     #[test]
     fn terminal_session_with_lf() {
         let input = b"HELO me\nMAIL FROM:<a@b.example>\nRCPT TO:<r@d.example>\nDATA\nSubject: t\n\nhi\n.\nQUIT\n";
