@@ -399,7 +399,13 @@ do_uninstall() {
     if getent group "$OUTQ_GROUP" >/dev/null; then
         groupdel "$OUTQ_GROUP" || warn "could not remove group $OUTQ_GROUP"
     fi
-    say "purged the configuration, the user $OUTQ_USER and the groups"
+    if getent passwd outq-smtp >/dev/null; then
+        userdel outq-smtp || warn "could not remove user outq-smtp (is an SMTP session still running?)"
+    fi
+    if getent group outq-smtp >/dev/null; then
+        groupdel outq-smtp || warn "could not remove group outq-smtp"
+    fi
+    say "purged the configuration, the users $OUTQ_USER and outq-smtp and the groups"
 }
 
 case $action in

@@ -238,6 +238,8 @@ fn expected(prefix: &str, sysconf: &str, drop_group: &str, config_kept: bool) ->
         expect(format!("{prefix}/sbin/outq-enqueue"), "root", drop_group, 0o2755),
         expect(format!("{prefix}/sbin/outq"), "root", "root", 0o755),
         expect(format!("{prefix}/sbin/outq-sendmail"), "root", "root", 0o755),
+        expect(format!("{prefix}/lib/systemd/system/outq-smtp.socket"), "root", "root", 0o644),
+        expect(format!("{prefix}/lib/systemd/system/outq-smtp@.service"), "root", "root", 0o644),
         expect(format!("{prefix}/lib/systemd/system/outq.service"), "root", "root", 0o644),
         expect(format!("{prefix}/lib/sysusers.d/outq.conf"), "root", "root", 0o644),
         expect(format!("{prefix}/lib/tmpfiles.d/outq.conf"), "root", "root", 0o644),
@@ -546,6 +548,7 @@ fn live_install_creates_accounts_and_spool_and_purge_removes_them() {
     ok("live install.sh", &r);
     assert!(r.stdout.contains(&format!("created group {group}")), "{}", r.stdout);
     assert!(r.stdout.contains(&format!("created user {user}")), "{}", r.stdout);
+    assert!(User::from_name("outq-smtp").unwrap().is_some(), "the SMTP session account: {}", r.stdout);
     assert!(r.stdout.contains("outq init: spool"), "outq init did not run: {}", r.stdout);
     assert!(r.stdout.contains("is in order"), "outq check did not pass: {}", r.stdout);
     // The debug programs read /etc/outq/outq.conf; the script says so.
@@ -598,6 +601,8 @@ fn live_install_creates_accounts_and_spool_and_purge_removes_them() {
     assert!(User::from_name(&user).unwrap().is_none(), "purge removes the user");
     assert!(Group::from_name(&user).unwrap().is_none(), "purge removes the user's group");
     assert!(Group::from_name(&group).unwrap().is_none(), "purge removes the helper's group");
+    assert!(User::from_name("outq-smtp").unwrap().is_none(), "purge removes outq-smtp");
+    assert!(Group::from_name("outq-smtp").unwrap().is_none(), "purge removes outq-smtp's group");
 }
 
 // ---------------------------------------------------------------------------
@@ -715,7 +720,7 @@ fn the_debian_package_installs_delivers_removes_and_purges() {
     for p in [SPOOL, "/etc/outq", "/usr/sbin/outq", HELPER] {
         assert!(std::fs::symlink_metadata(p).is_err(), "{p} exists: outq is installed here; not touching it");
     }
-    for name in ["outq", "outqdrop"] {
+    for name in ["outq", "outqdrop", "outq-smtp"] {
         assert!(User::from_name(name).unwrap().is_none(), "user {name} exists here; not touching it");
         assert!(Group::from_name(name).unwrap().is_none(), "group {name} exists here; not touching it");
     }
@@ -738,6 +743,8 @@ fn the_debian_package_installs_delivers_removes_and_purges() {
             expect("/usr/sbin/outq-sendmail".into(), "root", "root", 0o755),
             expect("/etc/outq".into(), "root", "root", 0o755),
             expect("/etc/outq/outq.conf".into(), "root", "root", 0o644),
+            expect("/usr/lib/systemd/system/outq-smtp.socket".into(), "root", "root", 0o644),
+            expect("/usr/lib/systemd/system/outq-smtp@.service".into(), "root", "root", 0o644),
             expect("/usr/lib/systemd/system/outq.service".into(), "root", "root", 0o644),
             expect("/usr/lib/sysusers.d/outq.conf".into(), "root", "root", 0o644),
             expect("/usr/lib/tmpfiles.d/outq.conf".into(), "root", "root", 0o644),
@@ -753,6 +760,7 @@ fn the_debian_package_installs_delivers_removes_and_purges() {
     let mut c = Command::new("dpkg-query");
     c.args(["-W", "-f=${Conffiles}", "outq"]);
     assert!(run(c).stdout.contains("/etc/outq/outq.conf"), "/etc/outq/outq.conf must be a conffile");
+    assert!(User::from_name("outq-smtp").unwrap().is_some(), "the SMTP session account outq-smtp");
     let outq = User::from_name("outq").unwrap().unwrap();
     assert_eq!(outq.dir, PathBuf::from(SPOOL));
     assert_eq!(outq.shell, PathBuf::from("/usr/sbin/nologin"));
@@ -841,6 +849,8 @@ fn the_debian_package_installs_delivers_removes_and_purges() {
     assert!(User::from_name("outq").unwrap().is_none(), "dpkg -P removes the user outq");
     assert!(Group::from_name("outq").unwrap().is_none(), "dpkg -P removes the group outq");
     assert!(Group::from_name("outqdrop").unwrap().is_none(), "dpkg -P removes the group outqdrop");
+    assert!(User::from_name("outq-smtp").unwrap().is_none(), "dpkg -P removes the user outq-smtp");
+    assert!(Group::from_name("outq-smtp").unwrap().is_none(), "dpkg -P removes the group outq-smtp");
     assert_eq!(statoverride(), "", "dpkg -P removes the statoverride");
     if !sendmail_before.starts_with("link") {
         assert_eq!(sendmail_now(), sendmail_before, "/usr/sbin/sendmail is as it was before the package");
