@@ -15,7 +15,8 @@ What is understood:
 - `-f SENDER` and `-r SENDER` the envelope sender, `-F NAME` the full name
   for a `From:` header outq-sendmail adds;
 - `-bm` deliver (the default), `-bp` list the queue (also when invoked as
-  `mailq`), `-bs` SMTP on standard input and output, `-bv` verify the
+  `mailq`), `-bi` and `-I` rebuild the aliases (also when invoked as
+  `newaliases`), `-bs` SMTP on standard input and output, `-bv` verify the
   recipients and deliver nothing, `-bh` and `-bH` do nothing (exit 0);
 - `-q`, `-qINTERVAL`, `-qRSITE`, `-qIID`: one queue run now (no daemon);
 - `-C FILE` an alternate configuration file.
@@ -44,6 +45,8 @@ pub enum Mode {
     Deliver,
     /// `-bp`: list the queue (`outq list`).
     ListQueue,
+    /// `-bi`: rebuild the alias database (`newaliases`).
+    RebuildAliases,
     /// `-bs`: an SMTP session on standard input and output.
     Smtp,
     /// `-bv`: check the recipients, queue nothing.
@@ -83,15 +86,17 @@ pub const USAGE: &str =
 /// Options that take a value (Postfix's and sendmail 8's).
 const WITH_VALUE: &[u8] = b"AbBCdDefFhLNOopqRrVX";
 /// Options without a value.
-const FLAGS: &[u8] = b"cGimntUvx";
+const FLAGS: &[u8] = b"cGIimntUvx";
 
 /// Parse the command line. `argv0` is the name the program was run as:
-/// `mailq` means `-bp`.
+/// `mailq` means `-bp`, `newaliases` means `-bi`.
 pub fn parse(argv0: Option<&OsStr>, argv: impl Iterator<Item = OsString>) -> Result<Args, UsageError> {
     let mut args = Args::default();
     let invoked_as = argv0.map(|a| a.as_bytes().rsplit(|&b| b == b'/').next().unwrap_or_default().to_vec());
-    if invoked_as.as_deref() == Some(b"mailq") {
-        args.mode = Mode::ListQueue;
+    match invoked_as.as_deref() {
+        Some(b"mailq") => args.mode = Mode::ListQueue,
+        Some(b"newaliases") => args.mode = Mode::RebuildAliases,
+        _ => {}
     }
     let mut it = argv.map(OsString::into_vec);
     while let Some(word) = it.next() {
@@ -117,6 +122,7 @@ pub fn parse(argv0: Option<&OsStr>, argv: impl Iterator<Item = OsString>) -> Res
                 match letter {
                     b't' => args.extract = true,
                     b'i' => args.ignore_dots = true,
+                    b'I' => args.mode = Mode::RebuildAliases,
                     _ => {} // accepted and ignored
                 }
                 continue;
@@ -152,6 +158,7 @@ fn check_mode(args: &Args) -> Result<(), UsageError> {
         Mode::Smtp => Some("-bs"),
         Mode::Flush => Some("-q"),
         Mode::ListQueue => Some("-bp (mailq)"),
+        Mode::RebuildAliases => Some("-bi (newaliases)"),
         _ => None,
     };
     match takes_none {
@@ -166,6 +173,7 @@ fn apply(args: &mut Args, letter: u8, value: Vec<u8>) -> Result<(), UsageError> 
             args.mode = match value.as_slice() {
                 b"m" => Mode::Deliver,
                 b"p" => Mode::ListQueue,
+                b"i" => Mode::RebuildAliases,
                 b"s" => Mode::Smtp,
                 b"v" => Mode::Verify,
                 b"h" | b"H" => Mode::Nothing,
@@ -342,6 +350,15 @@ mod tests {
         .unwrap();
         assert!(a.extract && a.ignore_dots);
         assert_eq!(rcpts(&a), ["root"]);
+    }
+
+    #[test]
+    fn alias_rebuild() {
+        assert_eq!(p(&["-bi"]).unwrap().mode, Mode::RebuildAliases);
+        let a = parse(Some(OsStr::new("/usr/bin/newaliases")), std::iter::empty()).unwrap();
+        assert_eq!(a.mode, Mode::RebuildAliases);
+        let a = parse(Some(OsStr::new("sendmail")), ["-bi".into()].into_iter()).unwrap();
+        assert_eq!(a.mode, Mode::RebuildAliases);
     }
 
     #[test]
