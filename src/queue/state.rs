@@ -16,8 +16,16 @@ last_error 451 4.3.0 try again later
 rcpt <alice@example.org> sent 250 2.0.0 Ok
 rcpt <bob@example.org> pending 451 4.3.0 try again later
 rcpt <eve@example.org> failed 550 5.1.1 no such user
+rcpt <admin@example.net> via <root@host.example> pending
 end
 ```
+
+`via <ENTRY-RECIPIENT>` (only on recipients that aliases produced) names
+the entry recipient an address was expanded from (`crate::aliases`): a
+state recipient stands for [`Rcpt::entry_recipient`], and reconciling a
+state with its entry compares that, so an expansion is accepted exactly
+when its origin is a recipient of the entry. Files without it read as
+before.
 
 The file is replaced atomically (temporary name, `fsync`, `rename`), and
 its modification time is set to `next_attempt`, so a scan of `deferred/`
@@ -59,6 +67,9 @@ impl RcptStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rcpt {
     pub address: Mailbox,
+    /// The entry recipient `address` was expanded from by aliases; `None`
+    /// when it is an entry recipient itself.
+    pub origin: Option<Mailbox>,
     pub status: RcptStatus,
     /// Last reply or reason, escaped, one line (may be empty).
     pub reply: String,
@@ -91,9 +102,20 @@ impl State {
             last_error: String::new(),
             recipients: recipients
                 .iter()
-                .map(|a| Rcpt { address: a.clone(), status: RcptStatus::Pending, reply: String::new() })
+                .map(|a| Rcpt { address: a.clone(), origin: None, status: RcptStatus::Pending, reply: String::new() })
                 .collect(),
         }
+    }
+
+    /// The recipients replaced by the alias expansion of the entry's
+    /// (`(address, origin)` pairs, from `crate::aliases::expand`), all
+    /// pending; everything else is kept.
+    pub fn with_expansion(self, expanded: Vec<(Mailbox, Option<Mailbox>)>) -> State {
+        let recipients = expanded
+            .into_iter()
+            .map(|(address, origin)| Rcpt { address, origin, status: RcptStatus::Pending, reply: String::new() })
+            .collect();
+        State { recipients, ..self }
     }
 
     pub fn pending(&self) -> impl Iterator<Item = &Rcpt> {
@@ -118,7 +140,14 @@ impl State {
         }
         let _ = writeln!(out, "last_error {}", clean(&self.last_error));
         for r in &self.recipients {
-            let _ = writeln!(out, "rcpt <{}> {} {}", r.address, r.status.word(), clean(&r.reply));
+            match &r.origin {
+                Some(o) => {
+                    let _ = writeln!(out, "rcpt <{}> via <{o}> {} {}", r.address, r.status.word(), clean(&r.reply));
+                }
+                None => {
+                    let _ = writeln!(out, "rcpt <{}> {} {}", r.address, r.status.word(), clean(&r.reply));
+                }
+            }
         }
         out.push_str("end\n");
         out
@@ -176,8 +205,18 @@ impl State {
     }
 }
 
-fn parse_rcpt(line: &str) -> Result<Rcpt, String> {
-    let rest = line.strip_prefix("rcpt <").ok_or("expected rcpt")?;
+impl Rcpt {
+    /// The entry recipient this state recipient stands for: its origin
+    /// when aliases produced it, else its own address. Reconciliation of a
+    /// state with its entry checks this against the entry's recipients.
+    pub fn entry_recipient(&self) -> &Mailbox {
+        self.origin.as_ref().unwrap_or(&self.address)
+    }
+}
+
+/// The address at the start of `rest` (after its `<`), up to its closing
+/// `>`, and what follows that `>`.
+fn take_address(rest: &str) -> Result<(Mailbox, &str), String> {
     // Find the address's closing '>' from the left, by the address grammar:
     // a quoted local part is skipped as a whole (it may hold "> "), and a
     // domain never contains '>'. The reply that follows may hold anything.
@@ -196,7 +235,18 @@ fn parse_rcpt(line: &str) -> Result<Rcpt, String> {
     }
     let close = rest.get(i..).and_then(|r| r.find('>')).map(|j| i + j).ok_or("rcpt: no closing '>'")?;
     let address = Mailbox::parse(rest.get(..close).unwrap_or("").as_bytes()).map_err(|e| format!("rcpt: {e}"))?;
-    let after = rest.get(close + 1..).unwrap_or("");
+    Ok((address, rest.get(close + 1..).unwrap_or("")))
+}
+
+fn parse_rcpt(line: &str) -> Result<Rcpt, String> {
+    let rest = line.strip_prefix("rcpt <").ok_or("expected rcpt")?;
+    let (address, mut after) = take_address(rest)?;
+    let mut origin = None;
+    if let Some(via) = after.strip_prefix(" via <") {
+        let (o, rest) = take_address(via)?;
+        origin = Some(o);
+        after = rest;
+    }
     let (word, reply) = after.strip_prefix(' ').and_then(|a| a.split_once(' ')).ok_or("rcpt without status")?;
     let status = match word {
         "pending" => RcptStatus::Pending,
@@ -204,7 +254,7 @@ fn parse_rcpt(line: &str) -> Result<Rcpt, String> {
         "failed" => RcptStatus::Failed,
         _ => return Err(format!("rcpt: unknown status {word:?}")),
     };
-    Ok(Rcpt { address, status, reply: reply.to_owned() })
+    Ok(Rcpt { address, origin, status, reply: reply.to_owned() })
 }
 
 /// Escape an untrusted text (a server's reply) for the state file and logs.
@@ -253,6 +303,25 @@ mod tests {
         s.recipients[1].reply = one_line("451 > pending > sent ");
         let back = State::parse(&s.encode()).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn alias_origins_round_trip() {
+        let s = State::fresh(&[addr("root@host.example")]).with_expansion(vec![
+            (addr("a@example.net"), Some(addr("root@host.example"))),
+            (addr("b@x.example"), None),
+        ]);
+        let text = s.encode();
+        assert!(text.contains("rcpt <a@example.net> via <root@host.example> pending \n"), "{text}");
+        let back = State::parse(&text).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.recipients[0].entry_recipient(), &addr("root@host.example"));
+        assert_eq!(back.recipients[1].entry_recipient(), &addr("b@x.example"));
+        // A reply that says "via" is a reply, not an origin.
+        let mut s = State::fresh(&[addr("a@example.org")]);
+        s.recipients[0].reply = "550 via <x@y.example>".into();
+        assert_eq!(State::parse(&s.encode()).unwrap(), s);
+        assert!(State::parse("outq-state 1\nattempts 0\nrecoveries 0\nnext_attempt 0\nlast_error \nrcpt <a@b.example> via <bad pending \nend\n").is_err());
     }
 
     #[test]

@@ -50,7 +50,8 @@ use outq_spool::entry::Limits;
 use outq_spool::queue_id::QueueId;
 
 use crate::admin::config_trust;
-use crate::config::RunnerConfig;
+use crate::aliases::{self, Aliases};
+use crate::config::{Aliasing, RunnerConfig};
 use crate::deliver;
 use crate::error::Error;
 use crate::logging;
@@ -62,6 +63,8 @@ use crate::queue::validate::{self, Loaded};
 #[derive(Debug)]
 pub struct Settings {
     pub runner: RunnerConfig,
+    /// Where local names go (`alias_file`, `admin_address`).
+    pub aliasing: Aliasing,
     pub host: String,
     pub limits: Limits,
     /// Set when the runner is shutting down: workers finish the current
@@ -93,9 +96,11 @@ pub fn load_settings(opts: &RunOptions, stop: Arc<AtomicBool>, generation: u64) 
         .map_err(|e| Error::temp(e.to_string(), "correct the configuration (see outq.conf(5)) and 'outq check'"))?;
     let runner = RunnerConfig::from_config(&cfg)
         .map_err(|e| Error::temp(format!("{}: {e}", path.display()), "correct that line (see outq.conf(5))"))?;
+    let aliasing = Aliasing::from_config(&cfg)
+        .map_err(|e| Error::temp(format!("{}: {e}", path.display()), "correct that line (see outq.conf(5))"))?;
     let host = spool_config::effective_hostname(&cfg);
     let limits = Limits { max_recipients: cfg.max_recipients, max_size: cfg.message_size_limit };
-    Ok((cfg, Settings { runner, host, limits, stop, generation }))
+    Ok((cfg, Settings { runner, aliasing, host, limits, stop, generation }))
 }
 
 /// Open and validate an entry, quarantining it when it fails.
@@ -188,6 +193,38 @@ struct Runner {
     workers: Vec<JoinHandle<()>>,
     in_flight: HashSet<QueueId>,
     ready: VecDeque<(Queue, String)>,
+    aliases: AliasCache,
+}
+
+/// The aliases file as last read, re-read when its identity or time stamp
+/// changes (no `newaliases` step is needed).
+#[derive(Debug, Default)]
+struct AliasCache {
+    /// (path, device, inode, mtime, ctime, size) of what `aliases` holds;
+    /// `None` before the first read or for a missing file.
+    key: Option<(PathBuf, u64, u64, i64, i64, i64)>,
+    aliases: Aliases,
+    loaded: bool,
+}
+
+impl AliasCache {
+    /// The current aliases, or why they cannot be used now.
+    fn get(&mut self, path: &std::path::Path) -> Result<&Aliases, String> {
+        let key = match nix::sys::stat::stat(path) {
+            Ok(st) => Some((path.to_path_buf(), st.st_dev, st.st_ino, st.st_mtime, st.st_ctime, st.st_size)),
+            Err(nix::errno::Errno::ENOENT) => None,
+            Err(e) => return Err(format!("aliases file {}: {}", path.display(), e.desc())),
+        };
+        if !self.loaded || key != self.key {
+            self.aliases = Aliases::load(path)?;
+            for p in &self.aliases.problems {
+                logging::warning(&format!("aliases file {}: {p}", path.display()));
+            }
+            self.key = key;
+            self.loaded = true;
+        }
+        Ok(&self.aliases)
+    }
 }
 
 impl Runner {
@@ -216,6 +253,7 @@ impl Runner {
             workers,
             in_flight: HashSet::new(),
             ready: VecDeque::new(),
+            aliases: AliasCache::default(),
         })
     }
 
@@ -312,7 +350,52 @@ impl Runner {
                 return None;
             }
         };
+        // Aliases apply once, before the first attempt; afterwards the
+        // recorded expansion is what is delivered.
+        let state = if state.attempts == 0 {
+            match self.expand(&entry, state) {
+                Some(st) => st,
+                None => {
+                    let _ = self.store.rename(Queue::Active, Queue::Deferred, name);
+                    return None;
+                }
+            }
+        } else {
+            state
+        };
         Some(Job { entry, state, settings: s })
+    }
+
+    /// The state with the entry's recipients expanded through the aliases
+    /// file; `None` when the file cannot be used now (the entry waits, as
+    /// a mail system does when its alias database is unavailable).
+    fn expand(&mut self, entry: &Loaded, state: State) -> Option<State> {
+        let aliasing = self.settings.aliasing.clone();
+        let aliases = match self.aliases.get(&aliasing.alias_file) {
+            Ok(a) => a,
+            Err(e) => {
+                logging::warning(&format!("{}: {e}; deferred until the file can be read", entry.id));
+                return None;
+            }
+        };
+        let mut expanded: Vec<(outq_spool::address::Mailbox, Option<outq_spool::address::Mailbox>)> = Vec::new();
+        for rcpt in &entry.parsed.header.recipients {
+            let e = aliases::expand(rcpt, aliases, &aliasing);
+            for note in &e.notes {
+                logging::warning(&format!("{}: {note}", entry.id));
+            }
+            for a in e.addresses {
+                if expanded.iter().any(|(x, _)| x.as_str().eq_ignore_ascii_case(a.as_str())) {
+                    continue;
+                }
+                let origin = (a != *rcpt).then(|| rcpt.clone());
+                if let Some(o) = &origin {
+                    logging::info(&format!("{}: to=<{o}> aliased to <{a}>", entry.id));
+                }
+                expanded.push((a, origin));
+            }
+        }
+        Some(state.with_expansion(expanded))
     }
 
     /// Collect finished attempts without waiting.

@@ -15,7 +15,7 @@ What is understood:
 - `-f SENDER` and `-r SENDER` the envelope sender, `-F NAME` the full name
   for a `From:` header outq-sendmail adds;
 - `-bm` deliver (the default), `-bp` list the queue (also when invoked as
-  `mailq`), `-bi` and `-I` rebuild the aliases (also when invoked as
+  `mailq`), `-bi` and `-I` check the aliases file (also when invoked as
   `newaliases`), `-bs` SMTP on standard input and output, `-bv` verify the
   recipients and deliver nothing, `-bh` and `-bH` do nothing (exit 0);
 - `-q`, `-qINTERVAL`, `-qRSITE`, `-qIID`: one queue run now (no daemon);
@@ -45,7 +45,8 @@ pub enum Mode {
     Deliver,
     /// `-bp`: list the queue (`outq list`).
     ListQueue,
-    /// `-bi`: rebuild the alias database (`newaliases`).
+    /// `-bi`, `-I`, `newaliases`: check the aliases file (there is nothing
+    /// to compile).
     RebuildAliases,
     /// `-bs`: an SMTP session on standard input and output.
     Smtp,
@@ -353,8 +354,9 @@ mod tests {
     }
 
     #[test]
-    fn alias_rebuild() {
+    fn alias_checking() {
         assert_eq!(p(&["-bi"]).unwrap().mode, Mode::RebuildAliases);
+        assert_eq!(p(&["-I"]).unwrap().mode, Mode::RebuildAliases);
         let a = parse(Some(OsStr::new("/usr/bin/newaliases")), std::iter::empty()).unwrap();
         assert_eq!(a.mode, Mode::RebuildAliases);
         let a = parse(Some(OsStr::new("sendmail")), ["-bi".into()].into_iter()).unwrap();

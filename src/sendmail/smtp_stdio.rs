@@ -68,7 +68,7 @@ struct Helper<'a> {
 impl Submit for Helper<'_> {
     fn submit(&mut self, envelope: &Envelope, data: &mut dyn Read) -> Reply {
         let sender_args = args::Args { sender: Some(envelope.sender.clone()), ..args::Args::default() };
-        let me = match Identity::new(&sender_args, &self.ctx.host) {
+        let me = match Identity::new(&sender_args, &self.ctx.rewriting) {
             Ok(me) => me,
             Err(f) => return failure_reply(&f),
         };
@@ -100,7 +100,7 @@ pub fn serve(ctx: &Context, signals: &Terminations) -> Result<u8, Failure> {
     let input = BufReader::with_capacity(64 * 1024, TimedInput { signals });
     let output = BufWriter::new(io::stdout().lock());
     let settings = Settings {
-        hostname: ctx.host.clone(),
+        hostname: ctx.host().to_owned(),
         max_size: ctx.cfg.message_size_limit,
         max_recipients: ctx.cfg.max_recipients,
     };
