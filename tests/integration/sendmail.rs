@@ -884,10 +884,10 @@ fn refusals_and_replaced_nul_bytes_are_logged_to_syslog_with_facility_mail() {
         c
     };
 
-    let r = run_with_input(sendmail(&["-x", "a@example.org"]), b"Subject: s\n\nx\n");
-    r.assert_code(64).assert_stderr_contains("unknown option -x");
+    let r = run_with_input(sendmail(&["-y", "a@example.org"]), b"Subject: s\n\nx\n");
+    r.assert_code(64).assert_stderr_contains("unknown option -y");
     // LOG_MAIL | LOG_WARNING = 16 + 4.
-    let line = wait_for_log(&sock, &["outq-sendmail", "unknown option -x"]);
+    let line = wait_for_log(&sock, &["outq-sendmail", "unknown option -y"]);
     assert!(line.starts_with("<20>"), "not facility mail, level warning: {line:?}");
     assert!(line.contains("refused (uid 0, exit 64)"), "{line}");
 
