@@ -13,7 +13,11 @@ returns the helper's exit code. Read in this order:
 - [`rewrite`]: bare addresses qualified with `myorigin`, masquerading, and
   the address lists programs pass on the command line;
 - [`nul`]: NUL bytes replaced so a program's binary output is not lost;
-- [`helper`]: running the helper and streaming the message into it.
+- [`helper`]: running the helper and streaming the message into it;
+- [`smtpd`], [`smtp_command`], [`smtp_data`], [`smtp_stdio`]: `-bs`, an
+  SMTP session on standard input and output whose messages go through the
+  same pipeline;
+- [`mailq`]: `-bp` and `mailq`; [`queue_run`]: `-q`.
 
 Only the keys outq-sendmail uses can make it refuse mail: the helper's,
 `enqueue_program`, `myorigin`, `masquerade_domain` and `masquerade_users`
@@ -31,10 +35,16 @@ pub mod args;
 pub mod dots;
 pub mod headers;
 pub mod helper;
+pub mod mailq;
 pub mod nul;
+pub mod queue_run;
 pub mod rewrite;
+pub mod smtp_command;
+pub mod smtp_data;
+pub mod smtp_stdio;
+pub mod smtpd;
 
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -116,31 +126,100 @@ fn run() -> Result<Done, Failure> {
         Some(p) => absolute(p)?,
         None => PathBuf::from(config::CONFIG_PATH),
     };
-    if args.mode == args::Mode::ListQueue {
-        return Ok(Done::Listed(list_queue(args.config.as_ref().map(|_| config_path.clone()))));
+    let explicit_config = args.config.as_ref().map(|_| config_path.clone());
+    match args.mode {
+        args::Mode::ListQueue => return Ok(Done::Listed(mailq::run(explicit_config))),
+        args::Mode::Flush => return Ok(Done::Listed(queue_run::run(explicit_config, args.flush_id.clone()))),
+        args::Mode::Nothing => return Ok(Done::Code(0)),
+        args::Mode::RebuildAliases => return check_aliases(&config_path),
+        args::Mode::Deliver | args::Mode::Smtp | args::Mode::Verify => {}
     }
-    if args.mode == args::Mode::RebuildAliases {
-        return check_aliases(&config_path);
+    let ctx = Context::load(config_path)?;
+    if args.mode == args::Mode::Verify {
+        return Ok(Done::Code(verify(&args.recipients, &ctx.rewriting.myorigin)));
     }
     if closed.stdin {
         return Err(Failure::new(Code::NoInput, "standard input is closed", "give the message on standard input"));
     }
-    let (cfg, found) = load_config(&config_path)?;
-    let key_failure = |e: crate::config::KeyError| {
-        Failure::temp(format!("{}: {e}", config_path.display()), "correct the configuration file; see outq.conf(5)")
-    };
-    let enqueue_program = crate::config::enqueue_program(&cfg).map_err(key_failure)?;
-    let rewriting = Rewriting::from_config(&cfg).map_err(key_failure)?;
-    let host = rewriting.myhostname.clone();
-    let me = Identity::new(&args, &rewriting)?;
-
     let signals = process::take_termination_signals()
         .map_err(|e| Failure::temp(format!("cannot set up signal handling: {e}"), "report this as a bug"))?;
+    if args.mode == args::Mode::Smtp {
+        return smtp_stdio::serve(&ctx, &signals).map(Done::Code);
+    }
+    let me = Identity::new(&args, &ctx.rewriting)?;
     let nuls = nul::NulReplacer::new(helper::Input { signals: &signals });
     let nul_count = nuls.count.clone();
     let input = dots::DotReader::new(nuls, !args.ignore_dots);
     let mut reader = BufReader::with_capacity(64 * 1024, input);
-    let section = headers::read_section(&mut reader).map_err(|e| match e {
+    let message = Message { me: &me, recipients: &args.recipients, extract: args.extract };
+    let done = submit_stream(&ctx, &message, &mut reader, &signals);
+    if nul_count.get() > 0 {
+        outq_spool::log::open(c"outq-sendmail");
+        outq_spool::log::info(&format!(
+            "uid {}: {} NUL byte(s) in the message replaced by ^@ (exit {})",
+            getuid(),
+            nul_count.get(),
+            done.as_ref().map_or_else(|f| f.code as u8, |c| *c)
+        ));
+    }
+    done.map(Done::Code)
+}
+
+/// The configuration outq-sendmail runs with: only the keys it uses.
+#[derive(Debug)]
+pub struct Context {
+    cfg: Config,
+    config_path: PathBuf,
+    /// Whether the configuration file exists.
+    found: bool,
+    enqueue_program: PathBuf,
+    rewriting: Rewriting,
+}
+
+impl Context {
+    fn load(config_path: PathBuf) -> Result<Context, Failure> {
+        let (cfg, found) = load_config(&config_path)?;
+        let key_failure = |e: crate::config::KeyError| {
+            Failure::temp(format!("{}: {e}", config_path.display()), "correct the configuration file; see outq.conf(5)")
+        };
+        let enqueue_program = crate::config::enqueue_program(&cfg).map_err(key_failure)?;
+        let rewriting = Rewriting::from_config(&cfg).map_err(key_failure)?;
+        Ok(Context { cfg, config_path, found, enqueue_program, rewriting })
+    }
+
+    fn host(&self) -> &str {
+        &self.rewriting.myhostname
+    }
+
+    fn helper(&self) -> helper::Helper {
+        let development = match helper::is_setgid(&self.enqueue_program) {
+            Some(false) if self.found => Some((self.cfg.spool_directory.clone(), self.config_path.clone())),
+            _ => None,
+        };
+        helper::Helper { program: self.enqueue_program.clone(), development }
+    }
+}
+
+/// Who sends one message, and to whom.
+#[derive(Debug)]
+struct Message<'a> {
+    me: &'a Identity,
+    recipients: &'a [Vec<u8>],
+    /// `-t`: also the recipients of the headers.
+    extract: bool,
+}
+
+/// The pipeline every message goes through, from the command line (`-t`)
+/// and from SMTP (`-bs`) alike: the header section read, completed and
+/// rewritten, the recipients settled, the helper run with the rest of
+/// `reader`.
+fn submit_stream<R: BufRead>(
+    ctx: &Context,
+    msg: &Message<'_>,
+    reader: &mut R,
+    signals: &process::Terminations,
+) -> Result<u8, Failure> {
+    let section = headers::read_section(reader).map_err(|e| match e {
         headers::ReadError::TooLarge => Failure::new(
             Code::DataErr,
             format!("the header section is longer than {} bytes", headers::MAX_HEADER_BYTES),
@@ -153,28 +232,28 @@ fn run() -> Result<Done, Failure> {
         ),
         headers::ReadError::Io(e) => helper::input_failure(&e),
     })?;
-
-    let recipients = envelope_recipients(&args, &section, &rewriting)?;
-    let added = missing_fields(&section, &me, &host)?;
-    let section = rewrite_fields(section, &rewriting);
+    let recipients = envelope_recipients(msg.recipients, msg.extract, &section, &ctx.rewriting)?;
+    let added = missing_fields(&section, msg.me, ctx.host())?;
+    let section = rewrite_fields(section, &ctx.rewriting);
     let head = headers::render(&section, &added);
+    helper::submit(&ctx.helper(), &msg.me.envelope_sender, &recipients, &head, reader, signals)
+}
 
-    let development = match helper::is_setgid(&enqueue_program) {
-        Some(false) if found => Some((cfg.spool_directory.clone(), config_path.clone())),
-        _ => None,
-    };
-    let helper = helper::Helper { program: enqueue_program, development };
-    let done = helper::submit(&helper, &me.envelope_sender, &recipients, &head, &mut reader, &signals);
-    if nul_count.get() > 0 {
-        outq_spool::log::open(c"outq-sendmail");
-        outq_spool::log::info(&format!(
-            "uid {}: {} NUL byte(s) in the message replaced by ^@ (exit {})",
-            getuid(),
-            nul_count.get(),
-            done.as_ref().map_or_else(|f| f.code as u8, |c| *c)
-        ));
+/// `-bv`: say for each address whether it would be accepted; queue
+/// nothing. Exit 0 when all are, 67 (EX_NOUSER, as sendmail) otherwise.
+fn verify(recipients: &[Vec<u8>], origin: &str) -> u8 {
+    let mut out = std::io::stdout().lock();
+    let mut bad = false;
+    for r in recipients {
+        let _ = match Mailbox::parse_or_qualify(r, origin) {
+            Ok(m) => writeln!(out, "{}... deliverable: queued for the relay as <{}>", escape(r), m.as_str()),
+            Err(e) => {
+                bad = true;
+                writeln!(out, "{}... invalid address: {e}", escape(r))
+            }
+        };
     }
-    done.map(Done::Code)
+    if bad { 67 } else { 0 }
 }
 
 /// The rules for one field: masquerading only for the sender fields.
@@ -252,20 +331,6 @@ fn load_config(path: &Path) -> Result<(Config, bool), Failure> {
         ),
         e => Failure::temp(e.to_string(), "correct the configuration file; see outq.conf(5)"),
     })
-}
-
-/// `-bp`: what `outq list` prints, from the same library code (it needs
-/// the queue owner or root, as `outq list` does).
-fn list_queue(config: Option<PathBuf>) -> ExitCode {
-    let listed = crate::ops::open(&crate::ops::Where { spool: None, config })
-        .and_then(|opened| crate::ops::list::run(&opened, None, false));
-    match listed {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let _ = writeln!(std::io::stderr().lock(), "outq-sendmail: {e}");
-            ExitCode::from(e.code)
-        }
-    }
 }
 
 /// The envelope sender and the `From:` address and name.
@@ -347,9 +412,14 @@ impl Identity {
 /// rule: with `-t`, addresses on the command line are added to those in the
 /// headers, not removed from them. A command-line word may hold a list
 /// (`a,b`) or a name address (`Name <a@b>`).
-fn envelope_recipients(args: &args::Args, section: &headers::Section, r: &Rewriting) -> Result<Vec<Vec<u8>>, Failure> {
+fn envelope_recipients(
+    given: &[Vec<u8>],
+    extract: bool,
+    section: &headers::Section,
+    r: &Rewriting,
+) -> Result<Vec<Vec<u8>>, Failure> {
     let mut all = Vec::new();
-    for word in &args.recipients {
+    for word in given {
         let found = rewrite::command_line(word).map_err(|e| {
             Failure::new(
                 Code::DataErr,
@@ -359,7 +429,7 @@ fn envelope_recipients(args: &args::Args, section: &headers::Section, r: &Rewrit
         })?;
         all.extend(found);
     }
-    if args.extract {
+    if extract {
         let found = headers::recipients(&section.fields).map_err(|e| {
             Failure::new(Code::DataErr, e.what, "write recipients as local@domain or Name <local@domain>")
         })?;

@@ -316,9 +316,9 @@ fn a_body_without_headers_gets_an_empty_line_before_it() {
 fn unknown_options_are_usage_errors() {
     let s = SendmailSpool::new();
     for (args, named) in [
-        (&["-x", "a@example.org"][..], "unknown option -x"),
-        (&["-bs"], "-bs is not supported"),
-        (&["-q"], "unknown option -q"),
+        (&["-y", "a@example.org"][..], "unknown option -y"),
+        (&["-bt"], "-bt is not supported"),
+        (&["-qX"], "-qX is not implemented"),
         (&["--verbose", "a@example.org"], "unknown option --verbose"),
         (&["-\x1b[31m", "a@example.org"], "unknown option -\\x1b"),
         (&["-i"], "no recipient given"),
@@ -505,7 +505,7 @@ fn a_terminated_sendmail_commits_nothing() {
 }
 
 #[test]
-fn bp_lists_the_queue_like_outq_list() {
+fn bp_lists_the_queue_in_mailq_format() {
     use std::os::unix::fs::symlink;
     let s = SendmailSpool::new();
     let mut c = s.cmd();
@@ -530,6 +530,9 @@ fn bp_lists_the_queue_like_outq_list() {
     for r in [&bp, &list] {
         assert!(r.stdout.contains(&id) && r.stdout.contains("<listed@example.org>"), "{r:?}");
     }
+    // sendmail's mailq format: a recipient column and a total.
+    assert!(bp.stdout.lines().any(|l| l.trim_start() == "<a@example.org>"), "{bp:?}");
+    assert!(bp.stdout.ends_with("Total requests: 1\n"), "{bp:?}");
     // Invoked as mailq.
     let dir = tempfile::tempdir().unwrap();
     let mailq = dir.path().join("mailq");
@@ -881,10 +884,10 @@ fn refusals_and_replaced_nul_bytes_are_logged_to_syslog_with_facility_mail() {
         c
     };
 
-    let r = run_with_input(sendmail(&["-x", "a@example.org"]), b"Subject: s\n\nx\n");
-    r.assert_code(64).assert_stderr_contains("unknown option -x");
+    let r = run_with_input(sendmail(&["-y", "a@example.org"]), b"Subject: s\n\nx\n");
+    r.assert_code(64).assert_stderr_contains("unknown option -y");
     // LOG_MAIL | LOG_WARNING = 16 + 4.
-    let line = wait_for_log(&sock, &["outq-sendmail", "unknown option -x"]);
+    let line = wait_for_log(&sock, &["outq-sendmail", "unknown option -y"]);
     assert!(line.starts_with("<20>"), "not facility mail, level warning: {line:?}");
     assert!(line.contains("refused (uid 0, exit 64)"), "{line}");
 
