@@ -19,6 +19,7 @@ mod enqueue;
 mod faults;
 mod install;
 mod ops;
+mod powercut;
 mod privileged;
 mod runner;
 mod sendmail;
