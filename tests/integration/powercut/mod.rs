@@ -298,6 +298,8 @@ fn init_spool(rig: &Rig, root: &Path, config: &Path) -> PathBuf {
     let spool = work.join("spool");
     let r = rig.outq(&spool, config, &["init"]);
     r.assert_code(0);
+    // An installation is made long before the mail: everything on disk.
+    crate::support::root_cmd("sync", &["-f", &spool.display().to_string()]);
     spool
 }
 
