@@ -57,8 +57,9 @@ cut in the middle of that write.
   relay's acceptance and the durable removal, which a runner may batch
   until the end of its pass: outq-spool(5), DUPLICATES), else outside it;
 - stuck: an entry of an acknowledged message left in `new/`, `active/`,
-  `deferred/` or `tmp/` after the drain, or in `hold/`, `failed/`,
-  `corrupt/` without a reason in `outq list`;
+  `deferred/` or `tmp/` (or in two queues) after the drain;
+- no-reason: an entry in `hold/`, `failed/` or `corrupt/` without a reason
+  in `outq list`;
 - undone: an acknowledged `hold` (delivered after the boot), `release`
   (still in `hold/`), `delete` (delivered or still in the spool) or
   `requeue` (still in `failed/`);
@@ -401,6 +402,8 @@ struct Counts {
     dup_window: u64,
     dup_outside: u64,
     stuck: u64,
+    /// In `hold/`, `failed/` or `corrupt/` with an empty reason in `outq list`.
+    no_reason: u64,
     undone: u64,
     reported: u64,
     quarantined: u64,
@@ -416,6 +419,7 @@ impl Counts {
         self.dup_window += o.dup_window;
         self.dup_outside += o.dup_outside;
         self.stuck += o.stuck;
+        self.no_reason += o.no_reason;
         self.undone += o.undone;
         self.reported += o.reported;
         self.quarantined += o.quarantined;
@@ -425,18 +429,19 @@ impl Counts {
 
     /// Anything the promise forbids.
     fn bad(&self) -> u64 {
-        self.lost + self.dup_outside + self.stuck + self.undone
+        self.lost + self.dup_outside + self.stuck + self.no_reason + self.undone
     }
 
     fn row(&self) -> String {
         format!(
-            "{:>4} {:>5} {:>4} {:>6} {:>7} {:>5} {:>6} {:>8} {:>7} {:>10} {:>4}",
+            "{:>4} {:>5} {:>4} {:>6} {:>7} {:>5} {:>9} {:>6} {:>8} {:>7} {:>10} {:>4}",
             self.cuts,
             self.acked,
             self.lost,
             self.dup_window,
             self.dup_outside,
             self.stuck,
+            self.no_reason,
             self.undone,
             self.reported,
             self.quarantined,
@@ -447,7 +452,7 @@ impl Counts {
 }
 
 const HEADER: &str =
-    "cuts acked lost dup-in dup-out stuck undone reported corrupt lost+found fsck (file system / cut point)";
+    "cuts acked lost dup-in dup-out stuck no-reason undone reported corrupt lost+found fsck (file system / cut point)";
 
 /// Where each queue ID is after the drain, and the reason `outq list` gives.
 struct Inventory {
@@ -551,8 +556,8 @@ fn recover(rig: &Rig, fs: Fs, cut: &Cut, events: &[Event], msgs: &[Msg], notes: 
                 c.lost += 1;
                 note("LOST (held)", m, here.clone());
             } else if reason.is_empty() {
-                c.stuck += 1;
-                note("stuck without a reason", m, here.clone());
+                c.no_reason += 1;
+                note("held without a reason", m, here.clone());
             }
             continue;
         }
@@ -587,6 +592,10 @@ fn recover(rig: &Rig, fs: Fs, cut: &Cut, events: &[Event], msgs: &[Msg], notes: 
             ["corrupt"] if !reason.is_empty() => {
                 c.quarantined += 1;
                 note("quarantined", m, here.clone());
+            }
+            ["hold"] | ["failed"] | ["corrupt"] => {
+                c.no_reason += 1;
+                note("no reason in outq list", m, here.clone());
             }
             _ => {
                 c.stuck += 1;
