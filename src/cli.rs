@@ -126,6 +126,21 @@ pub struct StatusArgs {
     /// Critical (exit 2) when the oldest waiting entry is older than this.
     #[arg(long, value_name = "DURATION")]
     pub crit_age: Option<String>,
+    /// Warn when failed/ holds at least this many entries (default 1 with any threshold or --monitor).
+    #[arg(long, value_name = "COUNT")]
+    pub warn_failed: Option<u64>,
+    /// Critical when failed/ holds at least this many entries.
+    #[arg(long, value_name = "COUNT")]
+    pub crit_failed: Option<u64>,
+    /// Warn when corrupt/ holds at least this many entries (default 1 with any threshold or --monitor).
+    #[arg(long, value_name = "COUNT")]
+    pub warn_corrupt: Option<u64>,
+    /// Critical when corrupt/ holds at least this many entries.
+    #[arg(long, value_name = "COUNT")]
+    pub crit_corrupt: Option<u64>,
+    /// The monitoring-plugin line and exit code, with the default thresholds.
+    #[arg(long)]
+    pub monitor: bool,
 }
 
 /// Where the runner logs.
@@ -181,6 +196,12 @@ pub struct CheckArgs {
     /// The installed helper to audit.
     #[arg(long, value_name = "PATH")]
     pub helper: Option<PathBuf>,
+    /// Also connect to every relay: TLS, certificate and AUTH, without sending mail.
+    #[arg(long)]
+    pub relay: bool,
+    /// Also queue a test message to this address.
+    #[arg(long, value_name = "ADDRESS")]
+    pub send: Option<String>,
 }
 
 pub fn parse() -> Cli {

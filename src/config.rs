@@ -29,6 +29,7 @@ pub const RUNNER_KEYS: &[(&str, &str)] = &[
     ("connect_timeout", "limit for establishing a connection"),
     ("command_timeout", "limit for each SMTP command's reply"),
     ("data_timeout", "limit for sending the message and its final reply"),
+    ("relay_failure_limit", "consecutive failures after which a relay is skipped for a queue run interval"),
     ("starttls", "opportunistic, required or off"),
     ("tls_ca_file", "CA certificates for the relay instead of the system's"),
     ("relay_auth_file", "credentials for SMTP AUTH"),
@@ -72,6 +73,9 @@ pub struct RunnerConfig {
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// Consecutive session failures that make the runner skip a relay for
+    /// `queue_run_interval` (0: never skip).
+    pub relay_failure_limit: u32,
     pub starttls: StartTls,
     pub tls_ca_file: Option<PathBuf>,
     pub relay_auth_file: Option<PathBuf>,
@@ -99,6 +103,7 @@ impl Default for RunnerConfig {
             connect_timeout: Duration::from_secs(30),
             command_timeout: min(5),
             data_timeout: min(10),
+            relay_failure_limit: 3,
             starttls: StartTls::Opportunistic,
             tls_ca_file: None,
             relay_auth_file: None,
@@ -219,6 +224,9 @@ impl RunnerConfig {
                 "failed_max_age" => rc.failed_max_age = dur()?,
                 "max_rcpt_per_transaction" => rc.max_rcpt_per_transaction = positive(v).map_err(err)?,
                 "connections" => rc.connections = positive(v).map_err(err)?,
+                "relay_failure_limit" => {
+                    rc.relay_failure_limit = v.parse().map_err(|_| err(format!("{v:?} is not a whole number")))?
+                }
                 "connect_timeout" => rc.connect_timeout = nonzero()?,
                 "command_timeout" => rc.command_timeout = nonzero()?,
                 "data_timeout" => rc.data_timeout = nonzero()?,

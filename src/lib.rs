@@ -128,10 +128,24 @@ fn operate(cmd: cli::Command) -> Result<ExitCode, error::Error> {
             _ => control(&cli::IdsArgs { place: a.place.clone(), ids: a.ids.clone() }, Action::Delete),
         },
         cli::Command::Status(a) => {
-            let warn = a.warn_age.as_deref().map(duration_arg).transpose()?;
-            let crit = a.crit_age.as_deref().map(duration_arg).transpose()?;
-            let o = ops::open(&place(&a.place))?;
-            ops::status::run(&o, a.json, warn, crit)
+            let limits = ops::status::Thresholds::from_args(
+                a.monitor,
+                a.warn_age.as_deref().map(duration_arg).transpose()?,
+                a.crit_age.as_deref().map(duration_arg).transpose()?,
+                (a.warn_failed, a.crit_failed),
+                (a.warn_corrupt, a.crit_corrupt),
+            );
+            let result = ops::open(&place(&a.place)).and_then(|o| ops::status::run(&o, a.json, limits.as_ref()));
+            match (result, &limits) {
+                // A monitoring system reads the first line and the exit
+                // code: a spool it cannot read is UNKNOWN (3). A caller
+                // who may not look is refused like any other (77).
+                (Err(e), Some(_)) if !a.json && e.code != 77 => {
+                    println!("OUTQ UNKNOWN - {e}");
+                    Ok(ExitCode::from(3))
+                }
+                (r, _) => r,
+            }
         }
         _ => Err(error::Error::new("not an operator command", "see 'outq --help'")),
     }

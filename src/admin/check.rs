@@ -11,7 +11,15 @@ it. Exit 0 when nothing is found, 1 otherwise. Checked:
 - every path of the spool layout and the directories above it;
 - the installed helper (root-owned, set-group-ID to the helper's group, not
   writable by group or others, not set-user-ID);
-- free space against `spool_min_free`.
+- free space against `spool_min_free`;
+- `relay_auth_file`: owned by the queue owner, not readable by others.
+
+It also notes, without counting them as problems, whether a runner holds
+the queue lock and which program (and package) `/usr/sbin/sendmail` is.
+
+`--send ADDRESS` queues a test message through the helper, as any caller
+would; `--relay` sets up a session with every relay as delivery would
+(TLS policy and certificate, AUTH) and sends no mail ([`super::relay`]).
 */
 #![forbid(unsafe_code)]
 
@@ -51,6 +59,19 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode, Error> {
     check_spool(&t, &mut found);
     check_helper(&t, &helper, &mut found);
     check_free_space(&t, &mut found);
+    check_auth_file(&t, &mut found);
+    for note in [runner_note(&t), super::sendmail_owner::note()].into_iter().flatten() {
+        println!("outq check: note: {note}");
+    }
+    if let Some(address) = &args.send {
+        match super::relay::send_test(&t, address) {
+            Ok(id) => println!("outq check: test message to {address} queued as {id}"),
+            Err(f) => found.push(f),
+        }
+    }
+    if args.relay {
+        super::relay::check_relays(&t, &mut found);
+    }
     for f in &found {
         println!("outq check: {} (fix: {})", f.problem, f.fix);
     }
@@ -302,5 +323,60 @@ fn check_free_space(t: &Target, out: &mut Vec<Finding>) {
             ),
             "free disk space on the spool's filesystem",
         ));
+    }
+}
+
+fn check_auth_file(t: &Target, out: &mut Vec<Finding>) {
+    let Ok(rc) = crate::config::RunnerConfig::from_config(&t.cfg) else { return };
+    let Some(path) = rc.relay_auth_file else { return };
+    let shown = path.display();
+    let st = match nix::sys::stat::lstat(&path) {
+        Ok(st) => st,
+        Err(e) => {
+            out.push(finding(
+                format!("relay_auth_file {shown}: {}", e.desc()),
+                format!("create it with one line 'USERNAME PASSWORD', owned by {}, mode 0600", t.user.name),
+            ));
+            return;
+        }
+    };
+    let fix = format!("chown {} {shown} && chmod 0600 {shown}", t.user.name);
+    if file_type(&st) != SFlag::S_IFREG {
+        out.push(finding(format!("relay_auth_file {shown} is not a regular file"), "make it a plain file"));
+        return;
+    }
+    let mode = st.st_mode & 0o7777;
+    if mode & 0o077 != 0 {
+        out.push(finding(
+            format!("relay_auth_file {shown} has mode {mode:04o}: group or others can read the relay password"),
+            fix.clone(),
+        ));
+    }
+    if st.st_uid != t.user.uid.as_raw() {
+        out.push(finding(
+            format!(
+                "relay_auth_file {shown} is owned by uid {}, not by {}; the runner refuses it",
+                st.st_uid, t.user.name
+            ),
+            fix,
+        ));
+    }
+}
+
+/// Whether a runner holds the queue lock (a note: a spool may be drained
+/// by `outq run --once` from a timer instead).
+fn runner_note(t: &Target) -> Option<String> {
+    use nix::fcntl::{Flock, FlockArg, OFlag, open};
+    let path = t.spool.join(outq_spool::layout::LOCK);
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    let fd = open(&path, flags, nix::sys::stat::Mode::empty()).ok()?;
+    match Flock::lock(std::fs::File::from(fd), FlockArg::LockSharedNonblock) {
+        Ok(_) => Some(format!(
+            "no runner holds {}: queued mail is not delivered (start it: systemctl enable --now outq, \
+             or runuser -u {} -- outq run)",
+            path.display(),
+            t.user.name
+        )),
+        Err(_) => Some("a runner holds the queue lock".to_owned()),
     }
 }

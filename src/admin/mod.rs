@@ -9,6 +9,8 @@ disagree.
 
 pub mod check;
 pub mod init;
+pub mod relay;
+pub mod sendmail_owner;
 
 use std::path::PathBuf;
 

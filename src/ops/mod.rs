@@ -48,7 +48,7 @@ pub struct Opened {
 }
 
 /// Become the owner of `root` (when root) or check that we are it.
-fn become_owner(root: &Path) -> Result<(), Error> {
+pub fn become_owner(root: &Path) -> Result<(), Error> {
     let st = nix::sys::stat::stat(root)
         .map_err(|e| Error::temp(format!("{}: {}", root.display(), e.desc()), "create it with 'outq init'"))?;
     let owner = Uid::from_raw(st.st_uid);

@@ -1286,3 +1286,226 @@ fn runner_log_stderr_carries_transport_warnings() {
     let warning = format!("{} refused STARTTLS: 454 4.7.0 TLS not available; going on without TLS", server.name());
     assert!(log.contains(&warning), "the transport's warning {warning:?} is missing from the --log stderr log:\n{log}");
 }
+
+// ---------------------------------------------------------------------------
+// Operating against relays: `outq check --relay`, `outq check --send`,
+// `outq status` and failed entries, and the circuit breaker of a pass.
+
+/// A self-signed CA certificate for 127.0.0.1 that the server presents as
+/// its own: trusted through `tls_ca_file`, refused as an end entity.
+fn ca_as_end_entity() -> (String, Arc<ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "outq self-signed relay");
+    let cert = ca.self_signed(&key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .unwrap();
+    (cert.pem(), Arc::new(server))
+}
+
+impl Dev {
+    /// `outq check --relay` (and `extra`) as the runner's account: its
+    /// standard output.
+    fn check(&self, extra: &[&str]) -> Ran {
+        let mut c = self.cmd("outq");
+        c.arg("check").arg("--spool").arg(&self.spool).arg("--config").arg(&self.config);
+        c.arg("--helper").arg(self.bin.join("outq-enqueue")).args(extra);
+        run_timeout(c, b"", TIMEOUT)
+    }
+
+    fn op(&self, args: &[&str]) -> Ran {
+        let mut c = self.cmd("outq");
+        c.args(args).arg("--spool").arg(&self.spool).arg("--config").arg(&self.config);
+        run_timeout(c, b"", TIMEOUT)
+    }
+}
+
+/// The `outq check` lines about relays.
+fn relay_lines(r: &Ran) -> Vec<String> {
+    r.stdout.lines().filter(|l| l.starts_with("outq check: relay")).map(str::to_owned).collect()
+}
+
+#[test]
+fn check_relay_reports_reachable_refusing_wrong_password_and_a_ca_as_end_entity() {
+    // Reachable, with STARTTLS (test CA) and AUTH: every step, no problem.
+    let dev = Dev::new();
+    let (ca_pem, tls) = pki();
+    let opts = Opts { auth: Some((USER.into(), PASSWORD.into())), ..tls_opts(tls) };
+    let server = Server::start(opts.clone());
+    let ca = dev.public_file("ca.pem", &ca_pem);
+    let auth = dev.private_file("relay-auth", &format!("{USER} {PASSWORD}\n"), 0o600);
+    let (ca, auth) = (ca.display().to_string(), auth.display().to_string());
+    let secure = [("starttls", "required"), ("tls_ca_file", ca.as_str()), ("relay_auth_file", auth.as_str())];
+    dev.configure(&server.relay(), &secure);
+    let r = dev.check(&["--relay"]);
+    let lines = relay_lines(&r).join("\n");
+    let name = server.name();
+    for step in [
+        format!("relay {name}: connected to {name}"),
+        format!("relay {name}: greeting: 220"),
+        format!("relay {name}: STARTTLS established, certificate verified for 127.0.0.1"),
+        format!("relay {name}: AUTH accepted the credentials of relay_auth_file"),
+        format!("relay {name}: ready for delivery (no mail sent)"),
+    ] {
+        assert!(lines.contains(&step), "missing {step:?} in:\n{}", r.stdout);
+    }
+    assert!(!r.stdout.contains(PASSWORD), "the password was printed:\n{}", r.stdout);
+    let commands: Vec<String> = server.conversations().iter().flat_map(|c| c.commands.clone()).collect();
+    assert!(!commands.iter().any(|c| c.starts_with("MAIL")), "check --relay sent mail: {commands:?}");
+    assert!(!r.stdout.contains("outq check: relay") || !lines.contains("(fix:"), "{}", r.stdout);
+
+    // Wrong password: the AUTH step fails with its fix.
+    dev.private_file("relay-auth", &format!("{USER} wrong-password\n"), 0o600);
+    let r = dev.check(&["--relay"]);
+    let want = format!("outq check: relay {name}: {name} rejected the credentials: 535");
+    assert!(r.stdout.contains(&want), "missing {want:?} in:\n{}", r.stdout);
+    assert!(r.stdout.contains("(fix: correct USERNAME PASSWORD in relay_auth_file"), "{}", r.stdout);
+    assert!(!r.stdout.contains("wrong-password"), "the password was printed:\n{}", r.stdout);
+    assert_eq!(r.code, Some(1), "a failing relay is a problem: {}", r.stdout);
+
+    // Refusing: nothing listens on the port.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    dev.configure(&format!("smtp://127.0.0.1:{closed}"), &[]);
+    let r = dev.check(&["--relay"]);
+    let want =
+        format!("relay 127.0.0.1[127.0.0.1]:{closed}: connect to 127.0.0.1[127.0.0.1]:{closed}: Connection refused");
+    assert!(r.stdout.contains(&want), "missing {want:?} in:\n{}", r.stdout);
+    assert!(r.stdout.contains("(fix: check relay= (host and port)"), "{}", r.stdout);
+
+    // A self-signed CA certificate presented as the server's own.
+    let (self_signed, tls) = ca_as_end_entity();
+    let server = Server::start(tls_opts(tls));
+    let ca = dev.public_file("self-signed.pem", &self_signed).display().to_string();
+    dev.configure(&server.relay(), &[("starttls", "required"), ("tls_ca_file", ca.as_str())]);
+    let r = dev.check(&["--relay"]);
+    let name = server.name();
+    assert!(r.stdout.contains(&format!("relay {name}: TLS handshake with {name} failed")), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("(fix: the relay presents a CA certificate (basicConstraints CA:TRUE"),
+        "no clear error for a CA certificate used as an end entity:\n{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn check_send_queues_a_test_message_that_is_delivered() {
+    let dev = Dev::new();
+    let server = Server::start(Opts::default());
+    let helper = dev.bin.join("outq-enqueue").display().to_string();
+    dev.configure(&server.relay(), &[("enqueue_program", &helper)]);
+    let r = dev.check(&["--send", "admin@faults.test"]);
+    let id = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("outq check: test message to admin@faults.test queued as "))
+        .unwrap_or_else(|| panic!("no queue ID in:\n{}", r.stdout))
+        .to_owned();
+    assert_eq!(dev.names("new"), vec![id.clone()]);
+    dev.run_once();
+    let accepted = server.accepted();
+    assert_eq!(accepted.len(), 1, "{accepted:?}");
+    assert_eq!(accepted[0].rcpts, vec!["admin@faults.test".to_owned()]);
+    let data = String::from_utf8_lossy(&accepted[0].data).into_owned();
+    for h in ["From: outq check <postmaster@", "To: <admin@faults.test>", "Date: ", "Message-ID: <outq-check."] {
+        assert!(data.contains(h), "{h:?} missing from the test message:\n{data}");
+    }
+    // Not an address: refused, nothing queued.
+    let r = dev.check(&["--send", "not an address"]);
+    assert!(r.stdout.contains("is not a mail address"), "{}", r.stdout);
+    assert!(dev.names("new").is_empty());
+}
+
+#[test]
+fn status_exit_codes_follow_failed_entries() {
+    let opts = Opts { script: Arc::new(rcpt_by_local_part), ..Opts::default() };
+    let (dev, _server) = setup(opts, &[]);
+    // r550 is refused with 550: the entry ends in failed/ (the notice to
+    // the sender is delivered by the second run).
+    let id = dev.submit(&[addr("r550")], &small_body());
+    dev.run_once();
+    dev.run_once();
+    assert!(dev.names("failed").contains(&id), "failed/: {:?}", dev.names("failed"));
+    let failed = dev.names("failed").len();
+    // A runner holding the lock, so that only failed/ decides.
+    let mut runner = dev.cmd("outq");
+    runner.args(["run", "--log", "stderr", "--spool"]).arg(&dev.spool).arg("--config").arg(&dev.config);
+    runner.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    runner.stderr(std::process::Stdio::null());
+    let mut child = runner.spawn().unwrap();
+    let held = crate::support::wait_until(TIMEOUT, || dev.op(&["status"]).stdout.contains("runner running"));
+    let outcome = std::panic::catch_unwind(|| {
+        assert!(held, "the runner never took the lock");
+        let r = dev.op(&["status", "--monitor"]);
+        assert_eq!(r.code, Some(1), "{}", r.stdout);
+        assert!(r.stdout.starts_with("OUTQ WARNING - 0 queued"), "{}", r.stdout);
+        assert!(r.stdout.contains(&format!("({failed} failed)")) && r.stdout.contains(" failed=1"), "{}", r.stdout);
+        let r = dev.op(&["status", "--crit-failed", "1"]);
+        assert_eq!(r.code, Some(2), "{}", r.stdout);
+        assert!(r.stdout.starts_with("OUTQ CRITICAL - "), "{}", r.stdout);
+        let r = dev.op(&["status", "--warn-failed", "5"]);
+        assert_eq!(r.code, Some(0), "{}", r.stdout);
+        // Deleted: OK again with the defaults.
+        for f in dev.names("failed") {
+            dev.op(&["delete", &f]).assert_code(0);
+        }
+        let r = dev.op(&["status", "--monitor"]);
+        assert_eq!(r.code, Some(0), "{}", r.stdout);
+        assert!(r.stdout.starts_with("OUTQ OK - 0 queued"), "{}", r.stdout);
+        // A spool that cannot be read is UNKNOWN.
+        let mut c = dev.cmd("outq");
+        c.args(["status", "--monitor", "--spool", "/nonexistent/outq-spool", "--config"]).arg(&dev.config);
+        let r = run_timeout(c, b"", TIMEOUT);
+        assert_eq!(r.code, Some(3), "{} {}", r.stdout, r.stderr);
+        assert!(r.stdout.starts_with("OUTQ UNKNOWN - "), "{}", r.stdout);
+    });
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
+    let _ = child.wait();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// A relay that accepts connections and never says a word costs a pass a
+/// few command timeouts, not one per entry: after `relay_failure_limit`
+/// (3) failures the rest of the queue is deferred without connecting.
+#[test]
+fn a_silent_relay_defers_a_thousand_entries_in_one_pass() {
+    const ENTRIES: usize = 1000;
+    let opts = Opts { script: Arc::new(|_| Act::Hang), ..Opts::default() };
+    let (dev, server) = setup(opts, &[("command_timeout", "2s"), ("connections", "2")]);
+    let body = small_body();
+    let t0 = Instant::now();
+    for n in 0..ENTRIES {
+        dev.submit(&[addr(&format!("r{n}"))], &body);
+    }
+    let submit = t0.elapsed();
+    let (log, took) = dev.run_once();
+    assert_eq!(dev.names("deferred").len(), ENTRIES, "not all deferred; log tail:\n{}", tail(&log));
+    let opened = log.matches("consecutive failures (last:").count();
+    assert_eq!(opened, 1, "the breaker should open (and be logged) once:\n{}", tail(&log));
+    let skipped = log.matches(" not tried: ").count();
+    assert!(skipped >= ENTRIES - 4, "{skipped} entries deferred by the breaker:\n{}", tail(&log));
+    let tried = server.conversations().len();
+    assert!(tried <= 4, "{tried} connections to a silent relay (limit 3, 2 threads)");
+    // Without the breaker this pass takes ENTRIES x command_timeout / 2
+    // threads = 1,000 s; with it, the 3 timeouts plus the bookkeeping.
+    assert!(took < Duration::from_secs(120), "the pass took {took:?}");
+    let _ = writeln!(
+        std::io::stderr(),
+        "silent relay: {ENTRIES} entries deferred in one pass in {:.1} s ({tried} connections; submitting took {:.1} s)",
+        took.as_secs_f64(),
+        submit.as_secs_f64()
+    );
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}

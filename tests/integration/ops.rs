@@ -383,6 +383,13 @@ impl Ops {
         QUEUES.iter().copied().filter(|q| *q != "state").find(|q| self.path(q, id).exists())
     }
 
+    /// `id` is nowhere, its state file included: the runner removes the
+    /// entry first and its state right after, so a wait for the end of a
+    /// delivery waits for both.
+    fn gone(&self, id: &str) -> bool {
+        self.where_is(id).is_none() && !self.names("state").iter().any(|n| n.contains(id))
+    }
+
     /// `id` is in queue `q` and nowhere else.
     #[track_caller]
     fn assert_in(&self, id: &str, q: &str) {
@@ -755,7 +762,7 @@ fn ops_hold_keeps_an_entry_back_and_flush_wakes_the_daemon() {
     // which is due in five minutes (scans are an hour apart).
     let daemon = fx.start_daemon();
     wait_for("the released entry is delivered", Some(&daemon), || fx.ended(&a, Mode::Deliver) == 1);
-    wait_for("the released entry is gone", Some(&daemon), || fx.where_is(&a).is_none());
+    wait_for("the released entry is gone", Some(&daemon), || fx.gone(&a));
     fx.assert_gone(&a);
     std::thread::sleep(Duration::from_millis(1500));
     fx.assert_in(&c, "deferred");
@@ -764,7 +771,7 @@ fn ops_hold_keeps_an_entry_back_and_flush_wakes_the_daemon() {
     // flush: made due and the daemon woken through the lock file.
     let t0 = Instant::now();
     assert_ok(&fx.op(&["flush"]), "outq: 1 deferred entry made due now\n");
-    let woke = wait_until(Duration::from_secs(5), || fx.where_is(&c).is_none());
+    let woke = wait_until(Duration::from_secs(5), || fx.gone(&c));
     let took = t0.elapsed();
     assert!(woke, "C not delivered within 5 s of 'outq flush':\n{}", daemon.log());
     assert_eq!(fx.ended(&c, Mode::Deliver), 1);
@@ -885,7 +892,7 @@ fn ops_requests_survive_a_killed_runner() {
     std::thread::sleep(Duration::from_millis(300));
     fx.assert_in(&a, "hold");
     assert_ok(&fx.op(&["release", &a]), &format!("outq: {a}: released\n"));
-    let woke = wait_until(Duration::from_secs(5), || fx.where_is(&a).is_none());
+    let woke = wait_until(Duration::from_secs(5), || fx.gone(&a));
     assert!(woke, "a released entry was not delivered within 5 s:\n{}", daemon.log());
     daemon.stop();
     fx.assert_gone(&a);
@@ -988,7 +995,7 @@ fn ops_requeue_brings_back_failed_and_corrupt_entries() {
     std::thread::sleep(Duration::from_millis(300));
     fx.assert_in(&f, "failed");
     assert_ok(&fx.op(&["requeue", &f]), &format!("outq: {f}: requeued (failed recipients will be tried again)\n"));
-    let woke = wait_until(Duration::from_secs(5), || fx.where_is(&f).is_none());
+    let woke = wait_until(Duration::from_secs(5), || fx.gone(&f));
     assert!(woke, "a requeued entry was not delivered within 5 s:\n{}", daemon.log());
     assert_eq!(fx.ended(&f, Mode::Deliver), 1, "{:?}", fx.calls());
     assert_ok(&fx.op(&["requeue", "junk"]), "outq: junk: requeued for validation\n");

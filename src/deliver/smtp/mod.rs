@@ -40,6 +40,7 @@ Decisions the interface left open:
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod breaker;
 pub mod client;
 pub mod tls;
 
@@ -85,6 +86,35 @@ struct Offers {
 struct Session {
     conn: Conn,
     offers: Offers,
+    /// The relay as configured (`host:port`), the breaker's key.
+    target: String,
+}
+
+/// How far `outq check --relay` got with one relay address.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub relay: String,
+    /// What worked, in order.
+    pub steps: Vec<String>,
+    /// The step that failed, if one did.
+    pub failure: Option<String>,
+}
+
+impl Offers {
+    /// The extensions that matter to delivery, for `outq check --relay`.
+    fn describe(&self) -> String {
+        let mut v = Vec::new();
+        if self.starttls {
+            v.push("STARTTLS".to_owned());
+        }
+        if self.auth != 0 {
+            v.push("AUTH".to_owned());
+        }
+        if self.size {
+            v.push(if self.size_limit > 0 { format!("SIZE {}", self.size_limit) } else { "SIZE".to_owned() });
+        }
+        if v.is_empty() { "no extensions outq uses".to_owned() } else { v.join(", ") }
+    }
 }
 
 /// Why one relay address could not be used.
@@ -129,7 +159,10 @@ pub struct Smtp {
     tls: Result<Arc<ClientConfig>, String>,
     auth_file: Option<PathBuf>,
     max_rcpt: usize,
+    breaker: breaker::Breaker,
     session: Option<Session>,
+    /// Steps of session set-up, recorded only for `outq check --relay`.
+    trace: std::cell::RefCell<Option<Vec<String>>>,
 }
 
 /// Whether `name` may follow EHLO: a domain or an address literal. Checked
@@ -155,6 +188,13 @@ fn is_loopback(ip: IpAddr) -> bool {
 /// `host[ip]:port`, the relay as logged.
 fn relay_name(host: &str, addr: &SocketAddr) -> String {
     format!("{host}[{}]:{}", addr.ip(), addr.port())
+}
+
+impl Target {
+    /// `host:port`, as configured.
+    fn key(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
 }
 
 impl Smtp {
@@ -192,7 +232,9 @@ impl Smtp {
             tls,
             auth_file: cfg.relay_auth_file.clone(),
             max_rcpt: cfg.max_rcpt_per_transaction.max(1),
+            breaker: breaker::Breaker { limit: cfg.relay_failure_limit, open_for: cfg.queue_run_interval },
             session: None,
+            trace: std::cell::RefCell::new(None),
         })
     }
 
@@ -212,29 +254,21 @@ impl Smtp {
         let mut reasons = Vec::new();
         let mut last = self.first_relay();
         for target in &self.targets {
-            let addrs = match (target.host.as_str(), target.port).to_socket_addrs() {
-                Ok(a) => a.collect::<Vec<_>>(),
-                Err(e) => {
-                    last = format!("{}:{}", target.host, target.port);
-                    reasons.push(format!("cannot resolve {}: {}", target.host, describe(&e)));
-                    continue;
+            let key = target.key();
+            if let Some(why) = self.breaker.skip(&key) {
+                last = key;
+                reasons.push(why);
+                continue;
+            }
+            let before = reasons.len();
+            match self.open_target(target, creds.as_ref(), &mut reasons, &mut last) {
+                Some(s) => {
+                    self.breaker.success(&key);
+                    return Ok(s);
                 }
-            };
-            for addr in addrs {
-                last = relay_name(&target.host, &addr);
-                match self.setup(target, addr, creds.as_ref(), true) {
-                    Ok(s) => return Ok(s),
-                    Err(SetupError::Tls(why)) if self.starttls == StartTls::Opportunistic => {
-                        crate::logging::warning(&format!(
-                            "{}; trying again without TLS (starttls = opportunistic)",
-                            outq_spool::log::escape(why.as_bytes())
-                        ));
-                        match self.setup(target, addr, creds.as_ref(), false) {
-                            Ok(s) => return Ok(s),
-                            Err(e) => reasons.push(format!("{why}; without TLS: {}", e.text())),
-                        }
-                    }
-                    Err(e) => reasons.push(e.text()),
+                None => {
+                    let why = reasons.get(before..).map(|r| r.join("; ")).unwrap_or_default();
+                    self.breaker.failure(&key, &why);
                 }
             }
         }
@@ -242,6 +276,42 @@ impl Smtp {
             reasons.push("no relay address to try".into());
         }
         Err((reasons.join("; "), last))
+    }
+
+    /// Every address of one relay in turn; failures are added to `reasons`.
+    fn open_target(
+        &self,
+        target: &Target,
+        creds: Option<&Credentials>,
+        reasons: &mut Vec<String>,
+        last: &mut String,
+    ) -> Option<Session> {
+        let addrs = match (target.host.as_str(), target.port).to_socket_addrs() {
+            Ok(a) => a.collect::<Vec<_>>(),
+            Err(e) => {
+                *last = target.key();
+                reasons.push(format!("cannot resolve {}: {}", target.host, describe(&e)));
+                return None;
+            }
+        };
+        for addr in addrs {
+            *last = relay_name(&target.host, &addr);
+            match self.setup(target, addr, creds, true) {
+                Ok(s) => return Some(s),
+                Err(SetupError::Tls(why)) if self.starttls == StartTls::Opportunistic => {
+                    crate::logging::warning(&format!(
+                        "{}; trying again without TLS (starttls = opportunistic)",
+                        outq_spool::log::escape(why.as_bytes())
+                    ));
+                    match self.setup(target, addr, creds, false) {
+                        Ok(s) => return Some(s),
+                        Err(e) => reasons.push(format!("{why}; without TLS: {}", e.text())),
+                    }
+                }
+                Err(e) => reasons.push(e.text()),
+            }
+        }
+        None
     }
 
     /// Connect to one address and bring the session up to MAIL FROM.
@@ -257,20 +327,25 @@ impl Smtp {
         let tcp = TcpStream::connect_timeout(&addr, t.connect)
             .map_err(|e| SetupError::Other(format!("connect to {relay}: {}", describe(&e))))?;
         let mut conn = Conn::new(tcp, relay.clone(), addr.ip())?;
+        self.note(format!("connected to {relay}"));
         if target.implicit_tls {
             conn = self.start_tls(conn, target).map_err(SetupError::Other)?;
+            self.note(format!("TLS (smtps) established, certificate verified for {}", target.host));
         }
         conn.set_timeout(t.command);
         let greeting = conn.read_reply("receiving the greeting")?;
         if greeting.class() != 2 {
             return Err(SetupError::Other(format!("{relay} refused to talk to us: {}", greeting.text)));
         }
+        self.note(format!("greeting: {}", greeting.text));
         let mut offers = self.hello(&mut conn)?;
+        self.note(format!("EHLO accepted; offers {}", offers.describe()));
         if !conn.is_tls() && self.starttls != StartTls::Off {
             if offers.starttls && try_starttls {
                 let r = conn.command("STARTTLS", "sending STARTTLS", t.command)?;
                 if r.class() == 2 {
                     conn = self.start_tls(conn, target).map_err(SetupError::Tls)?;
+                    self.note(format!("STARTTLS established, certificate verified for {}", target.host));
                     offers = self.hello(&mut conn)?;
                 } else if self.starttls == StartTls::Required {
                     return Err(SetupError::Other(format!("{relay} refused STARTTLS: {}", r.text)));
@@ -295,9 +370,59 @@ impl Smtp {
         if let Some(c) = creds {
             if offers.auth != 0 {
                 self.login(&mut conn, offers.auth, c)?;
+                self.note("AUTH accepted the credentials of relay_auth_file".to_owned());
+            } else {
+                self.note("the relay does not offer AUTH: relay_auth_file is not used".to_owned());
             }
         }
-        Ok(Session { conn, offers })
+        Ok(Session { conn, offers, target: target.key() })
+    }
+
+    fn note(&self, step: String) {
+        if let Some(steps) = self.trace.borrow_mut().as_mut() {
+            steps.push(step);
+        }
+    }
+
+    /// `outq check --relay`: set up a session with every address of every
+    /// relay, as delivery would (TLS policy, certificate, AUTH), send no
+    /// mail, and say how far each got.
+    pub fn probe(&self) -> Vec<Probe> {
+        let mut out = Vec::new();
+        let creds = match &self.auth_file {
+            Some(path) => match auth::read_file(path) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    out.push(Probe { relay: self.first_relay(), steps: Vec::new(), failure: Some(e) });
+                    return out;
+                }
+            },
+            None => None,
+        };
+        for target in &self.targets {
+            let addrs = match (target.host.as_str(), target.port).to_socket_addrs() {
+                Ok(a) => a.collect::<Vec<_>>(),
+                Err(e) => {
+                    let why = format!("cannot resolve {}: {}", target.host, describe(&e));
+                    out.push(Probe { relay: target.key(), steps: Vec::new(), failure: Some(why) });
+                    continue;
+                }
+            };
+            for addr in addrs {
+                *self.trace.borrow_mut() = Some(Vec::new());
+                let result = self.setup(target, addr, creds.as_ref(), true);
+                let steps = self.trace.borrow_mut().take().unwrap_or_default();
+                let failure = match result {
+                    Ok(s) => {
+                        s.conn.quit(QUIT_TIMEOUT.min(self.timeouts.command));
+                        None
+                    }
+                    Err(e) => Some(e.text()),
+                };
+                out.push(Probe { relay: relay_name(&target.host, &addr), steps, failure });
+            }
+        }
+        out
     }
 
     fn start_tls(&self, conn: Conn, target: &Target) -> Result<Conn, String> {
@@ -541,6 +666,7 @@ impl Transport for Smtp {
         while start < n {
             let end = start.saturating_add(self.max_rcpt).min(n);
             if let Err(Broken(why)) = self.transaction(&mut s, msg, start..end, &mut out) {
+                self.breaker.failure(&s.target, &why);
                 for o in out.iter_mut().filter(|o| o.is_none()) {
                     *o = Some(Outcome::new(Status::Deferred, why.clone(), relay.clone()));
                 }
@@ -550,6 +676,7 @@ impl Transport for Smtp {
             start = end;
         }
         if alive {
+            self.breaker.success(&s.target);
             self.session = Some(s);
         }
         out.into_iter()
