@@ -1,7 +1,7 @@
 /*!
-The disks of the power-cut test: an ext4 file system in a file on tmpfs,
-attached to a loop device and mounted; copies of that file taken as
-power-cut images; and the boot of an image (fsck, mount). Every loop device
+The disks of the power-cut test: an ext4 file system on a loop device
+whose backing file is a disk with a write cache (`cache`), mounted; and
+the boot of a power-cut image (a file on tmpfs: fsck, mount). Every loop device
 and mount is undone on drop, also when a test panics.
 */
 
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use super::cache::CacheDisk;
 use crate::support::root_cmd;
 
 /// The file systems the power cuts run on.
@@ -111,29 +112,27 @@ fn quiet(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The live disk: a file on tmpfs, its loop device, the mounted ext4.
-/// Fields drop in order: unmount, detach, then the file goes with `_dir`.
+/// The live disk: ext4 on a loop device whose backing file is the FUSE
+/// disk with a write cache ([`CacheDisk`]). Fields drop in order: unmount
+/// ext4, detach the loop device, unmount the FUSE disk.
 pub struct Disk {
     pub mount: Mount,
     _dev: LoopDev,
-    pub image: PathBuf,
+    pub cache: CacheDisk,
 }
 
 impl Disk {
-    /// A fresh `fs` in `scratch/disk.img` (scratch is on tmpfs), mounted at
-    /// `scratch/live`.
+    /// A fresh `fs` on a cache disk at `scratch/cache`, mounted at
+    /// `scratch/live`. mkfs runs on the loop device, so its writes pass
+    /// through the cache like all later ones.
     pub fn create(scratch: &Path, fs: Fs) -> Disk {
-        let image = scratch.join("disk.img");
-        let f = std::fs::File::create(&image).unwrap();
-        f.set_len(IMAGE_BYTES).unwrap();
-        drop(f);
+        let cache = CacheDisk::mount(&scratch.join("cache"), IMAGE_BYTES as usize);
+        let dev = LoopDev::attach(&cache.file());
         let mut args = fs.mkfs_args();
-        let img = image.display().to_string();
-        args.push(&img);
+        args.push(&dev.dev);
         root_cmd("mkfs.ext4", &args);
-        let dev = LoopDev::attach(&image);
         let mount = Mount::ext4(&dev.dev, &scratch.join("live"));
-        Disk { mount, _dev: dev, image }
+        Disk { mount, _dev: dev, cache }
     }
 }
 
