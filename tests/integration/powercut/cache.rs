@@ -96,10 +96,15 @@ impl Contents {
     }
 }
 
+/// Called with the disk's contents when a flush arrives, before it is
+/// applied: a power cut may be taken there.
+pub type FlushHook = Box<dyn Fn(&Contents) + Send>;
+
 /// The FUSE file system holding `disk`, unmounted on drop.
 pub struct CacheDisk {
     pub dir: PathBuf,
     pub contents: Arc<Mutex<Contents>>,
+    hook: Arc<Mutex<Option<FlushHook>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -122,8 +127,9 @@ impl CacheDisk {
         }));
         // mount(8) needs the descriptor without close-on-exec.
         let inherited = nix::unistd::dup(&dev).unwrap();
-        let (c, size) = (contents.clone(), bytes as u64);
-        let thread = std::thread::spawn(move || serve(dev, &c, size));
+        let hook: Arc<Mutex<Option<FlushHook>>> = Arc::new(Mutex::new(None));
+        let (c, h, size) = (contents.clone(), hook.clone(), bytes as u64);
+        let thread = std::thread::spawn(move || serve(dev, &c, &h, size));
         let opts = format!("fd={},rootmode=40000,user_id=0,group_id=0,allow_other", inherited.as_raw_fd());
         let st = Command::new("mount")
             .args(["-t", "fuse", "-o", &opts, "outq-cache-disk"])
@@ -132,13 +138,17 @@ impl CacheDisk {
             .status()
             .unwrap();
         drop(inherited);
-        let disk = CacheDisk { dir: dir.to_path_buf(), contents, thread: Some(thread) };
+        let disk = CacheDisk { dir: dir.to_path_buf(), contents, hook, thread: Some(thread) };
         assert!(st.success(), "mount -t fuse on {}: {st}", dir.display());
         disk
     }
 
     pub fn file(&self) -> PathBuf {
         self.dir.join(NAME)
+    }
+
+    pub fn on_flush(&self, hook: Option<FlushHook>) {
+        *self.hook.lock().unwrap() = hook;
     }
 }
 
@@ -230,7 +240,7 @@ fn reply(dev: &mut File, unique: u64, error: i32, payload: &[u8]) {
     let _ = dev.write_all(&out);
 }
 
-fn serve(mut dev: File, contents: &Mutex<Contents>, size: u64) {
+fn serve(mut dev: File, contents: &Mutex<Contents>, hook: &Mutex<Option<FlushHook>>, size: u64) {
     let mut buf = vec![0u8; MAX_WRITE as usize + 64 * 1024];
     loop {
         let n = match dev.read(&mut buf) {
@@ -303,7 +313,12 @@ fn serve(mut dev: File, contents: &Mutex<Contents>, size: u64) {
                 }
             }
             FSYNC => {
-                contents.lock().unwrap().flush();
+                let mut c = contents.lock().unwrap();
+                if let Some(h) = hook.lock().unwrap().as_ref() {
+                    h(&c);
+                }
+                c.flush();
+                drop(c);
                 reply(&mut dev, unique, 0, &[]);
             }
             STATFS => {

@@ -14,9 +14,12 @@ durable (written before the last flush) and what is only in its cache.
 
 A power cut is taken while no outq program runs (right after the helper
 exits 0, right after an operator command prints success, after a queue
-run) or while the runner waits for the relay's reply to the message's data
-(right after the relay accepted). Each cut gives images of what a disk can
-hold after losing power at that moment:
+run), while the runner waits for the relay's reply to the message's data
+(right after the relay accepted), or at a random part of the flushes the
+disk receives while a step runs ("during submit", "during hold"...: the
+middle of an operation, at the moments its fsyncs reach the disk). Each
+cut after a step or an acceptance gives images of what a disk can hold
+after losing power at that moment:
 
 - "flushed": only what was flushed; every cached write is lost (a disk
   that honours flushes and nothing more);
@@ -25,7 +28,9 @@ hold after losing power at that moment:
 - "subset" (random runs): the flushed state plus a random subset of the
   cached writes (a disk that wrote some of its cache back, in any order).
 
-In all of them the page cache is lost: data and metadata ext4 had not yet
+A cut at a flush gives a "subset" image (just before the flush
+completed) and a "written" one (just after). In all of them the page cache
+is lost: data and metadata ext4 had not yet
 written, journal transactions not yet committed, and on ext4 without a
 journal every directory, inode and bitmap block not yet written back.
 
@@ -42,9 +47,10 @@ reach the disk as flushes.
 
 What it cannot catch:
 
-- cuts in the middle of a system call or between two steps of one
-  operation: the cuts are taken at quiescent points only (the crash states
-  built by hand cover those); cached writes are dropped whole, never torn;
+- states between two flushes other than those the cache models: inside an
+  operation the cuts fall at its flushes only, and cached writes are
+  dropped whole, never torn (the crash states built by hand cover the
+  rest);
 - ext4's own ordering bugs are not the question, and file systems other
   than ext4 (XFS, btrfs) are not tested;
 - a disk that lies about flushes.
@@ -170,14 +176,40 @@ impl Step {
             Step::Run => "after queue run",
         }
     }
+
+    /// The name of a cut at a flush while the step runs.
+    fn during(self) -> &'static str {
+        match self {
+            Step::Submit(_) => "during submit",
+            Step::Hold(_) => "during hold",
+            Step::Release(_) => "during release",
+            Step::Delete(_) => "during delete",
+            Step::Requeue(_) => "during requeue",
+            Step::Flush => "during flush",
+            Step::Run => "during queue run",
+        }
+    }
 }
 
 const ACCEPT_CUT: &str = "after acceptance";
+
+/// The chance of a cut at each flush the disk receives during a step.
+const FLUSH_CUT: f64 = 0.3;
 
 /// Which acceptances are followed by a cut.
 enum AcceptCuts {
     Every,
     Chance(f64, Rng),
+}
+
+/// Where the cuts of one live run are taken, and what they keep.
+struct CutPlan {
+    accept: AcceptCuts,
+    /// Images of each cut after a step or an acceptance.
+    keeps: Vec<Keep>,
+    rng: Rng,
+    /// The chance of a cut at each flush during a step.
+    flush_cut: f64,
 }
 
 /// One cut: its image, and the recipients accepted in the queue run that
@@ -204,6 +236,10 @@ struct Recorder {
     accept_cuts: Mutex<AcceptCuts>,
     /// Recipients accepted in the queue run under way (None between runs).
     run_accepted: Mutex<Option<Vec<String>>>,
+    /// The step under way, for cuts at the disk's flushes.
+    during: Mutex<Option<&'static str>>,
+    /// The chance of a cut at a flush during a step.
+    flush_cut: f64,
 }
 
 impl Recorder {
@@ -211,27 +247,44 @@ impl Recorder {
         self.events.lock().unwrap().push(e);
     }
 
-    /// Copy the live disk now; the events lock is held so nothing is
-    /// recorded halfway.
+    /// A power cut now. Lock order, here and at a flush: the disk's
+    /// contents, then the events, then the cuts.
     fn cut(&self, name: &'static str) {
+        let c = self.disk.lock().unwrap();
+        let keeps = self.keeps.lock().unwrap().clone();
+        self.cut_with(&c, name, &keeps);
+    }
+
+    /// A cut of `c` with one image per `keeps`.
+    fn cut_with(&self, c: &Contents, name: &'static str, keeps: &[Keep]) {
         let window = self.run_accepted.lock().unwrap().clone().unwrap_or_default();
         let mut events = self.events.lock().unwrap();
         let mut cuts = self.cuts.lock().unwrap();
         let n = cuts.len();
         let mut images = Vec::new();
-        let cached = self.disk.lock().unwrap().cached();
-        for keep in self.keeps.lock().unwrap().iter() {
+        for keep in keeps {
             // A fresh draw of the cached writes kept, for each cut.
             let keep = match keep {
                 Keep::Some(_) => Keep::Some(self.rng.lock().unwrap().next()),
                 k => *k,
             };
             let image = self.dir.join(format!("cut-{n}-{}.img", keep.name()));
-            std::fs::write(&image, self.disk.lock().unwrap().cut(keep)).unwrap();
+            std::fs::write(&image, c.cut(keep)).unwrap();
             images.push((keep, image));
         }
         events.push(Event::Cut(n));
-        cuts.push(Cut { n, name, images, window, cached });
+        cuts.push(Cut { n, name, images, window, cached: c.cached() });
+    }
+
+    /// At a flush the disk received during a step, maybe a cut: the
+    /// state just before the flush completes (the flushed part and a
+    /// random part of the cache) and just after (every write).
+    fn at_flush(&self, c: &Contents) {
+        let Some(during) = *self.during.lock().unwrap() else { return };
+        if !self.rng.lock().unwrap().chance(self.flush_cut) {
+            return;
+        }
+        self.cut_with(c, during, &[Keep::Some(0), Keep::Written]);
     }
 
     fn accepted(&self, rcpts: &[String]) {
@@ -344,14 +397,8 @@ fn msg(i: usize, kinds: &[&str]) -> Msg {
 }
 
 /// Run `steps` on a fresh `fs`; returns the events and the cut images.
-fn live_run(
-    rig: &Rig,
-    fs: Fs,
-    msgs: &mut [Msg],
-    steps: &[(Step, bool)],
-    cuts: (AcceptCuts, Vec<Keep>, Rng),
-) -> (Vec<Event>, Vec<Cut>) {
-    let (accept_cuts, keeps, rng) = cuts;
+fn live_run(rig: &Rig, fs: Fs, msgs: &mut [Msg], steps: &[(Step, bool)], plan: CutPlan) -> (Vec<Event>, Vec<Cut>) {
+    let CutPlan { accept: accept_cuts, keeps, rng, flush_cut } = plan;
     let dir = rig.scratch.path().join("cuts");
     std::fs::create_dir_all(&dir).unwrap();
     let disk = Disk::create(rig.scratch.path(), fs);
@@ -364,12 +411,17 @@ fn live_run(
         cuts: Mutex::new(Vec::new()),
         accept_cuts: Mutex::new(accept_cuts),
         run_accepted: Mutex::new(None),
+        during: Mutex::new(None),
+        flush_cut,
     });
+    let flush_rec = rec.clone();
+    disk.cache.on_flush(Some(Box::new(move |c: &Contents| flush_rec.at_flush(c))));
     let hook_rec = rec.clone();
     let relay = Relay::start(false, Arc::new(move |rcpts: &[String]| hook_rec.accepted(rcpts)));
     let config = rig.config("live.conf", relay.port);
     let spool = init_spool(rig, &disk.mount.dir, &config);
     for &(step, cut) in steps {
+        *rec.during.lock().unwrap() = Some(step.during());
         let acked = |op, msg| rec.event(Event::Acked { op, msg });
         let op_on = |op: Op, word: &str, i: usize| {
             if let Some(id) = msgs[i].id.clone() {
@@ -406,10 +458,12 @@ fn live_run(
                 assert_eq!(r.code, Some(0), "outq run --once on the live disk: {}", r.stderr);
             }
         }
+        *rec.during.lock().unwrap() = None;
         if cut {
             rec.cut(step.name());
         }
     }
+    disk.cache.on_flush(None);
     drop(relay);
     drop(disk);
     let events = std::mem::take(&mut *rec.events.lock().unwrap());
@@ -656,15 +710,8 @@ struct Tally {
 }
 
 impl Tally {
-    fn run(
-        &mut self,
-        rig: &Rig,
-        fs: Fs,
-        mut msgs: Vec<Msg>,
-        steps: &[(Step, bool)],
-        cuts: (AcceptCuts, Vec<Keep>, Rng),
-    ) {
-        let (events, cuts) = live_run(rig, fs, &mut msgs, steps, cuts);
+    fn run(&mut self, rig: &Rig, fs: Fs, mut msgs: Vec<Msg>, steps: &[(Step, bool)], plan: CutPlan) {
+        let (events, cuts) = live_run(rig, fs, &mut msgs, steps, plan);
         for cut in &cuts {
             if cut.cached > 0 {
                 self.cached.0 += 1;
@@ -787,7 +834,13 @@ fn powercut() {
             for fs in Fs::ALL {
                 let (msgs, steps) = fixed_scenario();
                 let keeps = vec![Keep::Flushed, Keep::Written];
-                tally.run(&rig, fs, msgs, &steps, (AcceptCuts::Every, keeps, Rng(1)));
+                tally.run(
+                    &rig,
+                    fs,
+                    msgs,
+                    &steps,
+                    CutPlan { accept: AcceptCuts::Every, keeps, rng: Rng(1), flush_cut: FLUSH_CUT },
+                );
             }
         }
         Some(n) => {
@@ -805,7 +858,13 @@ fn powercut() {
                 let (msgs, steps) = random_scenario(&mut rng, count, 0.3);
                 let accept = AcceptCuts::Chance(0.3, Rng(rng.next()));
                 let keeps = vec![Keep::Flushed, Keep::Written, Keep::Some(0)];
-                tally.run(&rig, fs, msgs, &steps, (accept, keeps, Rng(rng.next())));
+                tally.run(
+                    &rig,
+                    fs,
+                    msgs,
+                    &steps,
+                    CutPlan { accept, keeps, rng: Rng(rng.next()), flush_cut: FLUSH_CUT },
+                );
                 say(&format!("powercut: round {round} ({}), {} cuts so far", fs.name(), tally.total().cuts));
             }
         }
