@@ -707,11 +707,14 @@ struct Tally {
     notes: Vec<String>,
     /// Cuts taken with writes in the disk's cache, and those writes.
     cached: (u64, u64),
+    /// Cut points (each booted once per image).
+    points: u64,
 }
 
 impl Tally {
     fn run(&mut self, rig: &Rig, fs: Fs, mut msgs: Vec<Msg>, steps: &[(Step, bool)], plan: CutPlan) {
         let (events, cuts) = live_run(rig, fs, &mut msgs, steps, plan);
+        self.points += cuts.len() as u64;
         for cut in &cuts {
             if cut.cached > 0 {
                 self.cached.0 += 1;
@@ -741,6 +744,7 @@ impl Tally {
             s.push_str(&format!("{} {} / all\n", sub.row(), fs.name()));
         }
         s.push_str(&format!("{} all\n", self.total().row()));
+        s.push_str(&format!("{} cut points, {} images booted (column cuts)\n", self.points, self.total().cuts));
         s.push_str(&format!(
             "cuts with unflushed writes in the disk's cache: {} ({} writes; \"flushed\" drops them)\n",
             self.cached.0, self.cached.1
@@ -851,7 +855,7 @@ fn powercut() {
             say(&format!("powercut: {n} random cuts, OUTQ_POWERCUT_SEED={seed}"));
             let mut rng = Rng(seed);
             let mut round = 0;
-            while tally.total().cuts < n {
+            while tally.points < n {
                 let fs = Fs::ALL[round % 2];
                 round += 1;
                 let count = 3 + rng.below(6);
@@ -865,7 +869,7 @@ fn powercut() {
                     &steps,
                     CutPlan { accept, keeps, rng: Rng(rng.next()), flush_cut: FLUSH_CUT },
                 );
-                say(&format!("powercut: round {round} ({}), {} cuts so far", fs.name(), tally.total().cuts));
+                say(&format!("powercut: round {round} ({}), {} cuts so far", fs.name(), tally.points));
             }
         }
     }
