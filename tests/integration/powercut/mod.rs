@@ -319,8 +319,13 @@ impl Rig {
         let bin_dir = root_tempdir("oqt-powercut-");
         for name in ["outq", "outq-enqueue"] {
             let to = bin_dir.path().join(name);
-            std::fs::copy(bin(name), &to).unwrap();
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+            // A link where possible: a copy holds a descriptor open for
+            // writing that a concurrent fork can inherit, and the program
+            // cannot be executed while one exists (ETXTBSY).
+            if std::fs::hard_link(bin(name), &to).is_err() {
+                std::fs::copy(bin(name), &to).unwrap();
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
         }
         let scratch = tempfile::Builder::new().prefix("oqt-powercut-").tempdir_in("/dev/shm").unwrap();
         std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -829,6 +834,10 @@ fn powercut() {
     if !["mkfs.ext4", "e2fsck", "losetup", "blockdev", "mount"].iter().all(|p| have_program(p, "powercut")) {
         return;
     }
+    if !Path::new("/dev/fuse").exists() || !Path::new("/dev/loop-control").exists() {
+        crate::support::report_missing("/dev/fuse and /dev/loop-control (modules fuse, loop)", "powercut");
+        return;
+    }
     let _lock = privileged_lock();
     let started = Instant::now();
     let rig = Rig::new();
@@ -874,9 +883,15 @@ fn powercut() {
         }
     }
     say(&format!("powercut: {} s\n{}", started.elapsed().as_secs(), tally.report()));
-    for n in &tally.notes {
+    // Every finding, with the runner's log of its boot, in a file; the
+    // first findings on the terminal.
+    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("powercut-{}.log", std::process::id()));
+    std::fs::write(&log, format!("{}\n{}\n", tally.report(), tally.notes.join("\n"))).unwrap();
+    let findings: Vec<&String> = tally.notes.iter().filter(|n| !n.starts_with("  runner log")).collect();
+    for n in findings.iter().take(30) {
         say(n);
     }
+    say(&format!("powercut: {} findings; all of them, with the runner's logs, in {}", findings.len(), log.display()));
     let total = tally.total();
     assert!(total.cuts > 0 && total.acked > 0, "no cut was examined");
     assert_eq!(total.bad(), 0, "power cuts broke outq's promise:\n{}", tally.report());
