@@ -1,7 +1,7 @@
 /*!
-Power cuts for real: outq on an ext4 file system on a loop device, the
-disk copied at chosen moments, each copy booted (fsck, mount, recovery,
-the runner) and every acknowledged message accounted for.
+Power cuts for real: outq on an ext4 file system on a loop device, images
+of the disk taken at chosen moments, each image booted (fsck, mount,
+recovery, the runner) and every acknowledged message accounted for.
 
 # The model of a power cut
 
@@ -29,10 +29,10 @@ after losing power at that moment:
   cached writes (a disk that wrote some of its cache back, in any order).
 
 A cut at a flush gives a "subset" image (just before the flush
-completed) and a "written" one (just after). In all of them the page cache
-is lost: data and metadata ext4 had not yet
-written, journal transactions not yet committed, and on ext4 without a
-journal every directory, inode and bitmap block not yet written back.
+completed) and a "written" one (just after). In all of them the page
+cache is lost: data and metadata ext4 had not yet written, journal
+transactions not yet committed, and on ext4 without a journal every
+directory, inode and bitmap block not yet written back.
 
 Each image is booted: `e2fsck -fy` first for ext4 without a journal, as a
 boot would; a mount (which replays the journal); `outq run --once`,
@@ -86,13 +86,15 @@ device gives the same write-and-flush log as dm-log-writes would.
 - The CI test [`powercut`] runs a fixed scenario (submissions, a queue
   run with deferral and refusal, hold, release, delete, flush, requeue,
   more runs) on both file systems with a cut after every step and every
-  acceptance. It fails on any loss, stuck entry, undone command or
-  duplicate outside the window. Privileged (loop devices, mounts): a
+  acceptance, and at 30 % of the flushes during the steps. It fails on
+  any loss, stuck entry, entry without a reason, undone command or
+  duplicate outside the window; about a minute. Privileged (loop devices, mounts): a
   visible `SKIPPED (needs root)` unless root, a failure with
   `OUTQ_REQUIRE_PRIVILEGED=1`.
 - `bench/powercut/run N` sets `OUTQ_POWERCUT_CUTS=N`: random scenarios on
-  both file systems until N cuts were taken at random steps; it prints the
-  counts and fails the same way. `OUTQ_POWERCUT_SEED` repeats the draws.
+  both file systems until N cut points were taken (after random steps and
+  acceptances, at random flushes); it prints the counts and fails the
+  same way. `OUTQ_POWERCUT_SEED` repeats the draws.
 
 Everything runs in development mode as `nobody` (the helper with
 `--spool`/`--config`): the code paths that write the spool are those of an
