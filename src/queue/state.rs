@@ -176,6 +176,46 @@ impl State {
     }
 }
 
+/// The state of an entry as it may be trusted: the stored state (or why it
+/// could not be read) reconciled with the entry's own recipients, and a
+/// note for each thing that did not match. This is the only place where
+/// the two are matched, so a new rule about which recipients belong to
+/// an entry goes here.
+///
+/// - an entry recipient the state does not mention is pending;
+/// - a state recipient the entry does not have is dropped, never delivered;
+/// - a state that could not be read is rebuilt from the entry, every
+///   recipient pending (re-sending is better than losing).
+pub fn reconcile(stored: Result<Option<State>, String>, recipients: &[Mailbox]) -> (State, Vec<String>) {
+    let mut notes = Vec::new();
+    let old = match stored {
+        Ok(Some(st)) => st,
+        Ok(None) => return (State::fresh(recipients), notes),
+        Err(why) => {
+            notes.push(format!("{why}: state rebuilt from the entry, every recipient pending"));
+            return (State::fresh(recipients), notes);
+        }
+    };
+    let mut unused: Vec<Option<Rcpt>> = old.recipients.iter().cloned().map(Some).collect();
+    let mut matched = Vec::with_capacity(recipients.len());
+    for want in recipients {
+        let found = unused.iter_mut().find(|r| r.as_ref().is_some_and(|r| belongs_to(r, want))).and_then(Option::take);
+        matched.push(found.unwrap_or_else(|| {
+            notes.push(format!("<{want}> missing from the state: pending"));
+            Rcpt { address: want.clone(), status: RcptStatus::Pending, reply: String::new() }
+        }));
+    }
+    for r in unused.into_iter().flatten() {
+        notes.push(format!("<{}> is in the state but not in the entry: dropped", r.address));
+    }
+    (State { recipients: matched, ..old }, notes)
+}
+
+/// Whether a state recipient stands for recipient `want` of the entry.
+fn belongs_to(r: &Rcpt, want: &Mailbox) -> bool {
+    &r.address == want
+}
+
 fn parse_rcpt(line: &str) -> Result<Rcpt, String> {
     let rest = line.strip_prefix("rcpt <").ok_or("expected rcpt")?;
     // Find the address's closing '>' from the left, by the address grammar:
@@ -280,6 +320,28 @@ rcpt <a@example.org> pending \nend\n";
         assert_eq!(State::parse(&s.encode()).unwrap(), s);
         assert!(State::parse(&text.replace("warned 1764349735", "warned soon")).is_err());
         assert!(State::parse(&text.replace("warned 1764349735", "warned -1")).is_err());
+    }
+
+    #[test]
+    fn reconcile_drops_strangers_and_adds_the_missing() {
+        let mut st = State::fresh(&[addr("a@example.org"), addr("x@example.org")]);
+        st.recipients[0].status = RcptStatus::Sent;
+        st.recipients[1].status = RcptStatus::Pending;
+        st.attempts = 4;
+        let entry = [addr("a@example.org"), addr("b@example.org")];
+        let (got, notes) = reconcile(Ok(Some(st)), &entry);
+        assert_eq!(got.attempts, 4);
+        assert_eq!(got.recipients.len(), 2);
+        assert_eq!(got.recipients[0].status, RcptStatus::Sent);
+        assert_eq!(got.recipients[1].address, addr("b@example.org"));
+        assert_eq!(got.recipients[1].status, RcptStatus::Pending);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        let (got, notes) = reconcile(Err("state X: truncated".into()), &entry);
+        assert_eq!(got, State::fresh(&entry));
+        assert!(notes[0].contains("rebuilt"));
+        let (got, notes) = reconcile(Ok(None), &entry);
+        assert_eq!(got, State::fresh(&entry));
+        assert!(notes.is_empty());
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::dir::Dir;
@@ -76,6 +78,42 @@ impl Request {
 /// Suffix of request files in `state/`.
 pub const REQUEST_SUFFIX: &str = ".request";
 
+/// Group commit of one directory's changes: every change takes a ticket
+/// after it is made; [`DirSync::sync`] returns once an `fsync` that began
+/// after the change has finished. Threads that wait while another
+/// thread's `fsync` runs share the next one, so a runner moving many
+/// entries pays for far fewer `fsync` calls than moves.
+#[derive(Debug, Default)]
+pub struct DirSync {
+    /// Tickets handed out (changes made).
+    changed: AtomicU64,
+    /// The highest ticket known to be on disk.
+    synced: Mutex<u64>,
+}
+
+impl DirSync {
+    /// Record a change already made; the ticket to wait for.
+    pub fn changed(&self) -> u64 {
+        self.changed.fetch_add(1, Ordering::SeqCst).saturating_add(1)
+    }
+
+    /// Make every change up to `ticket` durable.
+    pub fn sync(&self, dir: &OwnedFd, ticket: u64) -> Result<(), Errno> {
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if *synced >= ticket {
+            return Ok(());
+        }
+        // Everything counted before the fsync starts is covered by it.
+        let covered = self.changed.load(Ordering::SeqCst);
+        fsync(dir.as_fd())?;
+        *synced = covered.max(*synced);
+        Ok(())
+    }
+}
+
+/// Counter that makes each temporary name of this process unique.
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
 /// The open spool.
 #[derive(Debug)]
 pub struct Store {
@@ -83,6 +121,9 @@ pub struct Store {
     root_fd: OwnedFd,
     dirs: Vec<OwnedFd>,
     state: OwnedFd,
+    /// One group commit per queue directory (index as `dirs`), and the
+    /// last one for `state/`.
+    syncs: Vec<DirSync>,
     /// The helper's group: every entry in `new/` must have it.
     pub drop_gid: Gid,
 }
@@ -132,7 +173,8 @@ impl Store {
         let dirs = Queue::ALL.iter().map(|q| open_dir(q.name())).collect::<Result<Vec<_>, _>>()?;
         let state = open_dir(layout::STATE)?;
         let drop_gid = drop_gid.ok_or_else(|| Error::temp("spool has no new/ directory", "run 'outq init'"))?;
-        Ok(Store { root: root.to_path_buf(), root_fd, dirs, state, drop_gid })
+        let syncs = (0..=Queue::ALL.len()).map(|_| DirSync::default()).collect();
+        Ok(Store { root: root.to_path_buf(), root_fd, dirs, state, syncs, drop_gid })
     }
 
     pub fn root_fd(&self) -> &OwnedFd {
@@ -191,11 +233,47 @@ impl Store {
     }
 
     /// Move `name` from one queue to another, never replacing anything.
+    /// Not yet durable: see [`Store::rename_durably`] and [`Moves`].
     pub fn rename(&self, from: Queue, to: Queue, name: &str) -> Result<(), Errno> {
         renameat2(self.dir(from).as_fd(), name, self.dir(to).as_fd(), name, RenameFlags::RENAME_NOREPLACE)
     }
 
-    /// Move `name` to `corrupt/`, adding `.1`, `.2`, ... if the name is taken.
+    /// Move `name` and make the move durable before returning: the
+    /// destination directory is flushed (the new name survives) and the
+    /// source too (the old name does not come back beside it, or instead
+    /// of it, after a power cut on a file system that orders nothing).
+    pub fn rename_durably(&self, from: Queue, to: Queue, name: &str) -> Result<(), Errno> {
+        let mut moves = Moves::new(self);
+        moves.rename(from, to, name)?;
+        moves.commit()
+    }
+
+    /// Remove `name` from `q` durably (see [`Store::rename_durably`]).
+    pub fn unlink_durably(&self, q: Queue, name: &str) -> Result<(), Errno> {
+        let mut moves = Moves::new(self);
+        moves.unlink(q, name)?;
+        moves.commit()
+    }
+
+    /// Wait until the changes of directory `dir` (`None`: `state/`) up to
+    /// `ticket` are on disk.
+    fn sync_dir(&self, dir: Option<Queue>, ticket: u64) -> Result<(), Errno> {
+        let i = dir.map(Queue::index).unwrap_or(Queue::ALL.len());
+        let fd = dir.map(|q| self.dir(q)).unwrap_or(&self.state);
+        match self.syncs.get(i) {
+            Some(s) => s.sync(fd, ticket),
+            None => fsync(fd.as_fd()),
+        }
+    }
+
+    /// Count a change made in directory `dir` (`None`: `state/`).
+    fn changed(&self, dir: Option<Queue>) -> u64 {
+        let i = dir.map(Queue::index).unwrap_or(Queue::ALL.len());
+        self.syncs.get(i).map(DirSync::changed).unwrap_or(u64::MAX)
+    }
+
+    /// Move `name` to `corrupt/` durably, adding `.1`, `.2`, ... if the
+    /// name is taken.
     pub fn quarantine(&self, from: Queue, name: &str) -> Result<String, Errno> {
         let mut target = name.to_owned();
         for n in 1..1000 {
@@ -206,7 +284,13 @@ impl Store {
                 target.as_str(),
                 RenameFlags::RENAME_NOREPLACE,
             ) {
-                Ok(()) => return Ok(target),
+                Ok(()) => {
+                    let mut moves = Moves::new(self);
+                    moves.touch(Some(Queue::Corrupt));
+                    moves.touch(Some(from));
+                    moves.commit()?;
+                    return Ok(target);
+                }
                 Err(Errno::EEXIST) => target = format!("{name}.{n}"),
                 Err(e) => return Err(e),
             }
@@ -245,6 +329,16 @@ impl Store {
         State::parse(&text).map(Some).map_err(|e| format!("state {id}: {e}"))
     }
 
+    /// The state of entry `id` reconciled with its recipients (see
+    /// [`super::state::reconcile`]); whatever did not match is logged.
+    pub fn entry_state(&self, id: &str, recipients: &[outq_spool::address::Mailbox]) -> State {
+        let (state, notes) = super::state::reconcile(self.read_state(id), recipients);
+        for n in notes {
+            crate::logging::warning(&format!("{id}: {n}"));
+        }
+        state
+    }
+
     /// The next-attempt time of `id` (its state file's mtime), without
     /// opening anything. `None` when there is no state file.
     pub fn due_time(&self, id: &str) -> Option<u64> {
@@ -264,34 +358,51 @@ impl Store {
     /// Replace the state of `id` durably: temporary file, mtime set to the
     /// next attempt, fsync, rename, fsync of `state/`.
     pub fn write_state(&self, id: &str, state: &State) -> Result<(), Errno> {
-        let tmp = format!(".{id}.tmp");
-        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = openat(self.state.as_fd(), tmp.as_str(), flags, Mode::from_bits_truncate(0o600))?;
-        let mut f = File::from(fd);
-        f.write_all(state.encode().as_bytes()).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(5)))?;
-        let t = TimeSpec::new(i64::try_from(state.next_attempt).unwrap_or(i64::MAX), 0);
-        futimens(f.as_fd(), &t, &t)?;
-        fsync(f.as_fd())?;
-        nix::fcntl::renameat(self.state.as_fd(), tmp.as_str(), self.state.as_fd(), id)?;
-        fsync(self.state.as_fd())
+        self.publish(id, state.encode().as_bytes(), Some(state.next_attempt))
     }
 
-    /// Set the next attempt of `id` to `when` (mtime only; `outq flush`).
+    /// Write `state/NAME` atomically and durably. The temporary name is
+    /// this writer's own (pid and a counter, created exclusively), so two
+    /// writers (the runner and an operator command) never write into the
+    /// same file: each publishes a whole file, or nothing.
+    fn publish(&self, name: &str, bytes: &[u8], mtime: Option<u64>) -> Result<(), Errno> {
+        let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = format!(".{name}.{}.{seq}.tmp", std::process::id());
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(self.state.as_fd(), tmp.as_str(), flags, Mode::from_bits_truncate(0o600))?;
+        let mut f = File::from(fd);
+        let written = f
+            .write_all(bytes)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(5)))
+            .and_then(|()| match mtime {
+                Some(m) => {
+                    let t = TimeSpec::new(i64::try_from(m).unwrap_or(i64::MAX), 0);
+                    futimens(f.as_fd(), &t, &t)
+                }
+                None => Ok(()),
+            })
+            .and_then(|()| fsync(f.as_fd()))
+            .and_then(|()| nix::fcntl::renameat(self.state.as_fd(), tmp.as_str(), self.state.as_fd(), name));
+        if let Err(e) = written {
+            let _ = unlinkat(self.state.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(e);
+        }
+        let ticket = self.changed(None);
+        self.sync_dir(None, ticket)
+    }
+
+    /// Set the next attempt of `id` to `when` (mtime only; `outq flush`),
+    /// durably.
     pub fn set_due(&self, id: &str, when: u64) -> Result<(), Errno> {
         let fd = openat(self.state.as_fd(), id, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
         let t = TimeSpec::new(i64::try_from(when).unwrap_or(i64::MAX), 0);
-        futimens(fd.as_fd(), &t, &t)
+        futimens(fd.as_fd(), &t, &t)?;
+        fsync(fd.as_fd())
     }
 
-    /// Record an operator's request for an entry in `active/`.
+    /// Record an operator's request for an entry in `active/`, durably.
     pub fn write_request(&self, id: &str, req: Request) -> Result<(), Errno> {
-        let name = format!("{id}{REQUEST_SUFFIX}");
-        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = openat(self.state.as_fd(), name.as_str(), flags, Mode::from_bits_truncate(0o600))?;
-        let mut f = File::from(fd);
-        f.write_all(format!("{}\n", req.word()).as_bytes())
-            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(5)))?;
-        fsync(f.as_fd())
+        self.publish(&format!("{id}{REQUEST_SUFFIX}"), format!("{}\n", req.word()).as_bytes(), None)
     }
 
     /// Take (read and remove) the request for `id`, if any.
@@ -328,6 +439,69 @@ impl Store {
             }
         }
         Ok(names)
+    }
+}
+
+/// Renames and removals whose directory flushes are done together, once
+/// per directory, by [`Moves::commit`]. Nothing that depends on a move
+/// (a log line saying it happened, an operator's "done", removing a state
+/// file) may happen before the commit returns.
+#[derive(Debug)]
+pub struct Moves<'a> {
+    store: &'a Store,
+    /// Directories changed (`None`: `state/`) and the last ticket of each.
+    dirty: Vec<(Option<Queue>, u64)>,
+}
+
+impl<'a> Moves<'a> {
+    pub fn new(store: &'a Store) -> Moves<'a> {
+        Moves { store, dirty: Vec::new() }
+    }
+
+    fn touch(&mut self, dir: Option<Queue>) {
+        let ticket = self.store.changed(dir);
+        match self.dirty.iter_mut().find(|(d, _)| *d == dir) {
+            Some((_, t)) => *t = ticket,
+            None => self.dirty.push((dir, ticket)),
+        }
+    }
+
+    /// Rename without replacing; both directories are flushed at commit.
+    pub fn rename(&mut self, from: Queue, to: Queue, name: &str) -> Result<(), Errno> {
+        self.store.rename(from, to, name)?;
+        self.touch(Some(to));
+        self.touch(Some(from));
+        Ok(())
+    }
+
+    /// Remove a name from a queue.
+    pub fn unlink(&mut self, q: Queue, name: &str) -> Result<(), Errno> {
+        self.store.unlink(q, name)?;
+        self.touch(Some(q));
+        Ok(())
+    }
+
+    /// Remove a state file (or request file), flushed at commit.
+    pub fn remove_state(&mut self, name: &str) -> Result<(), Errno> {
+        self.store.remove_state(name)?;
+        self.touch(None);
+        Ok(())
+    }
+
+    /// Whether anything waits for a commit.
+    pub fn is_empty(&self) -> bool {
+        self.dirty.is_empty()
+    }
+
+    /// Flush every changed directory (destinations first).
+    pub fn commit(&mut self) -> Result<(), Errno> {
+        let mut result = Ok(());
+        for (dir, ticket) in std::mem::take(&mut self.dirty) {
+            if let Err(e) = self.store.sync_dir(dir, ticket) {
+                result = Err(e);
+            }
+        }
+        result
     }
 }
 

@@ -33,7 +33,7 @@ pub enum Disposition {
     Deferred,
     Failed,
     /// The attempt could not even record its result; the entry stays in
-    /// `active/` and is recovered at the next start.
+    /// `active/` and is taken again at the next full queue run.
     Stuck,
 }
 
@@ -139,15 +139,18 @@ fn finish(store: &Store, s: &Settings, entry: &Loaded, mut state: State) -> Disp
     let id = entry.id.as_str();
     match store.take_request(id) {
         Some(Request::Delete) => {
-            let _ = store.unlink(Queue::Active, id);
-            let _ = store.remove_state(id);
-            logging::info(&format!("{id}: deleted by the operator after its attempt"));
-            return Disposition::Delivered;
+            if store.unlink_durably(Queue::Active, id).is_ok() {
+                let _ = store.remove_state(id);
+                logging::info(&format!("{id}: deleted by the operator after its attempt"));
+                return Disposition::Delivered;
+            }
+            logging::warning(&format!("{id}: cannot delete as the operator asked"));
+            return Disposition::Stuck;
         }
         Some(Request::Hold) if state.count(RcptStatus::Pending) > 0 => {
             state.hold = Some("held by the operator".into());
             state.next_attempt = now();
-            if store.write_state(id, &state).is_ok() && store.rename(Queue::Active, Queue::Hold, id).is_ok() {
+            if store.write_state(id, &state).is_ok() && store.rename_durably(Queue::Active, Queue::Hold, id).is_ok() {
                 logging::info(&format!("{id}: held by the operator after its attempt"));
                 return Disposition::Deferred;
             }
@@ -157,15 +160,7 @@ fn finish(store: &Store, s: &Settings, entry: &Loaded, mut state: State) -> Disp
     let pending = state.count(RcptStatus::Pending);
     let failed = state.count(RcptStatus::Failed);
     if pending == 0 && failed == 0 {
-        // Entry first: if we die between the two, an orphan state file is
-        // removed at the next start; the other order would re-send.
-        if let Err(e) = store.unlink(Queue::Active, id) {
-            logging::warning(&format!("{id}: cannot remove delivered entry: {}", e.desc()));
-            return Disposition::Stuck;
-        }
-        let _ = store.remove_state(id);
-        logging::info(&format!("{id}: removed (delivered)"));
-        return Disposition::Delivered;
+        return remove_delivered(store, id, &state);
     }
     let (to, disposition) = if pending == 0 {
         state.next_attempt = now();
@@ -185,7 +180,7 @@ fn finish(store: &Store, s: &Settings, entry: &Loaded, mut state: State) -> Disp
         logging::warning(&format!("{id}: cannot write delivery state: {}", e.desc()));
         return Disposition::Stuck;
     }
-    if let Err(e) = store.rename(Queue::Active, to, id) {
+    if let Err(e) = store.rename_durably(Queue::Active, to, id) {
         logging::warning(&format!("{id}: cannot move to {}/: {}", to.name(), e.desc()));
         return Disposition::Stuck;
     }
@@ -193,4 +188,23 @@ fn finish(store: &Store, s: &Settings, entry: &Loaded, mut state: State) -> Disp
         logging::info(&format!("{id}: moved to failed/ ({failed} recipient(s) failed)"));
     }
     disposition
+}
+
+/// Remove a delivered entry. The entry goes first, and its removal is made
+/// durable (shared with other workers' removals) before its state file
+/// goes: were the state removed first, or its removal reach the disk
+/// first, a crash would leave an entry with no record of its delivery,
+/// sent again in full. The duplicate window is from the relay's
+/// acceptance to this `fsync`.
+fn remove_delivered(store: &Store, id: &str, state: &State) -> Disposition {
+    if let Err(e) = store.unlink_durably(Queue::Active, id) {
+        logging::warning(&format!("{id}: cannot remove delivered entry: {}", e.desc()));
+        // The name may still be there: record that every recipient was
+        // sent, so that taking it again sends nothing.
+        let _ = store.write_state(id, state);
+        return Disposition::Stuck;
+    }
+    let _ = store.remove_state(id);
+    logging::info(&format!("{id}: removed (delivered)"));
+    Disposition::Delivered
 }

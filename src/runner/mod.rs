@@ -55,7 +55,8 @@ use crate::deliver;
 use crate::error::Error;
 use crate::logging;
 use crate::queue::state::State;
-use crate::queue::store::{Queue, Store, now};
+use crate::queue::store::{Moves, Queue, Store, now};
+use outq_spool::log::escape;
 use crate::queue::validate::{self, Loaded};
 
 /// What every worker needs, replaced as a whole on SIGHUP.
@@ -254,32 +255,66 @@ impl Runner {
                     self.ready.push_back((Queue::Deferred, name));
                 }
             }
+            self.retry_stuck(&queued);
         }
         self.dispatch();
     }
 
-    /// Claim and hand out ready entries while the window has room.
+    /// Entries in `active/` that no attempt holds: their attempt could not
+    /// record its result (state write or rename failed). This runner holds
+    /// the queue lock, so nobody else is delivering them; they are taken
+    /// again where they are, at every full pass.
+    fn retry_stuck(&mut self, queued: &HashSet<String>) {
+        let mut stuck: Vec<String> = self.store.list(Queue::Active).unwrap_or_default();
+        stuck.retain(|n| {
+            !queued.contains(n) && QueueId::parse(n).is_none_or(|id| !self.in_flight.contains(&id))
+        });
+        stuck.sort();
+        for name in stuck {
+            logging::info(&format!("{}: left in active/ by an earlier attempt; retried", escape(name.as_bytes())));
+            self.ready.push_back((Queue::Active, name));
+        }
+    }
+
+    /// Claim and hand out ready entries while the window has room. The
+    /// moves into `active/` are made durable together, once per pass of
+    /// this loop, before any of them is delivered: a crash after a
+    /// delivery must find the entry in `active/` (recovered), never again
+    /// in `new/` or `deferred/` beside a lost state.
     fn dispatch(&mut self) {
-        while self.in_flight.len() < self.window() {
+        let mut claimed = Vec::new();
+        let store = self.store.clone();
+        let mut moves = Moves::new(&store);
+        while self.in_flight.len() + claimed.len() < self.window() {
             let Some((from, name)) = self.ready.pop_front() else { break };
-            if let Some(job) = self.claim(from, &name) {
-                self.in_flight.insert(job.entry.id.clone());
-                if let Some(tx) = &self.jobs {
-                    if tx.send(job).is_err() {
-                        logging::warning("delivery threads have stopped");
-                    }
+            if let Some(job) = self.claim(&mut moves, from, &name) {
+                claimed.push(job);
+            }
+        }
+        if let Err(e) = moves.commit() {
+            // Left in active/ and claimed again at the next full pass.
+            logging::warning(&format!("cannot make the pickup durable ({}); delivery postponed", e.desc()));
+            return;
+        }
+        for job in claimed {
+            self.in_flight.insert(job.entry.id.clone());
+            if let Some(tx) = &self.jobs {
+                if tx.send(job).is_err() {
+                    logging::warning("delivery threads have stopped");
                 }
             }
         }
     }
 
-    /// Validate and move an entry into `active/`, with its state.
-    fn claim(&mut self, from: Queue, name: &str) -> Option<Job> {
+    /// Validate and move an entry into `active/`, with its state. An entry
+    /// already in `active/` (left there by an attempt that could not record
+    /// its result) is taken where it is.
+    fn claim(&mut self, moves: &mut Moves<'_>, from: Queue, name: &str) -> Option<Job> {
         let s = self.settings.clone();
         let entry = match from {
             Queue::New => {
                 let entry = load(&self.store, &s, Queue::New, name)?;
-                self.store.rename(Queue::New, Queue::Active, name).ok()?;
+                moves.rename(Queue::New, Queue::Active, name).ok()?;
                 // The name we moved must still be the file we checked.
                 let st = self.store.stat(Queue::Active, name).ok()?;
                 if st.st_ino != entry.inode {
@@ -296,22 +331,15 @@ impl Runner {
                 ));
                 entry
             }
+            Queue::Active => load(&self.store, &s, Queue::Active, name)?,
             _ => {
-                self.store.rename(from, Queue::Active, name).ok()?;
+                moves.rename(from, Queue::Active, name).ok()?;
                 load(&self.store, &s, Queue::Active, name)?
             }
         };
-        let state = match self.store.read_state(name) {
-            // An entry being delivered is not held, whatever a racing
-            // `outq hold` wrote before its rename failed.
-            Ok(Some(st)) => State { hold: None, ..st },
-            Ok(None) => State::fresh(&entry.parsed.header.recipients),
-            Err(e) => {
-                logging::warning(&format!("{e}; quarantined"));
-                recover::quarantine(&self.store, Queue::Active, name, "unreadable state");
-                return None;
-            }
-        };
+        // An entry being delivered is not held, whatever a racing `outq
+        // hold` wrote before its rename failed.
+        let state = State { hold: None, ..self.store.entry_state(name, &entry.parsed.header.recipients) };
         Some(Job { entry, state, settings: s })
     }
 
@@ -469,14 +497,14 @@ fn worker(store: &Store, jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, wake:
         let id = job.entry.id.clone();
         if s.stopping() {
             // Claimed but not started: hand it back, due now, untouched.
-            if store.rename(Queue::Active, Queue::Deferred, id.as_str()).is_ok() {
+            if store.rename_durably(Queue::Active, Queue::Deferred, id.as_str()).is_ok() {
                 let _ = store.set_due(id.as_str(), now());
             }
         } else if let Some((_, t)) = transport.as_mut() {
             attempt::attempt(store, &s, t.as_mut(), &job.entry, job.state);
         } else {
             // No transport could be built: leave it for a later pass.
-            let _ = store.rename(Queue::Active, Queue::Deferred, id.as_str());
+            let _ = store.rename_durably(Queue::Active, Queue::Deferred, id.as_str());
         }
         let _ = done.send(Done { id });
         let _ = nix::unistd::write(wake, b"x");

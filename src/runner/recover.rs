@@ -1,22 +1,39 @@
 /*!
 Start-up recovery and periodic maintenance, done while holding the lock.
 
+- One file under two queue names is a rename a crash interrupted (a file
+  system without a journal can leave both names): the later stage is kept
+  and the earlier name removed ([`resolve_double_names`]).
 - Everything in `active/` belonged to a runner that died: it goes to
   `deferred/`, due now, with the recovery counted in its state. An entry
   recovered 3 times goes to `hold/` ("interrupted delivery 3 times"), so a
-  message that crashes the runner cannot cause a mail flood.
-- Files in `tmp/` older than `tmp_max_age` are writes a killed helper never
-  committed: removed, and logged.
-- Entries in `failed/` older than `failed_max_age` are removed and logged.
-- State files whose entry is nowhere are removed and logged.
+  message that crashes the runner cannot cause a mail flood. An attempt cut
+  short by a reboot (the entry went into `active/` before this boot) is
+  not counted: a power cut is not the message's fault, and counting it
+  would hold mail after three power cuts.
+- A complete, committed entry in `tmp/` (mode 0404, trailer intact) is a
+  submission whose rename into `new/` was lost: it is moved to `new/`.
+  Other files in `tmp/` older than `tmp_max_age` are writes a killed
+  helper never committed: removed. See [`classify_tmp`].
+- Entries in `failed/` older than `failed_max_age` are removed.
+- State files whose entry is nowhere, and temporary state files left by a
+  crash, are removed.
+
+Every removal is logged with its reason. Every move is durable
+(directories flushed) before the next step relies on it.
 */
 #![forbid(unsafe_code)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+use nix::errno::Errno;
+use outq_spool::entry::Limits;
+use outq_spool::log::escape;
 
 use crate::logging;
 use crate::queue::state::State;
 use crate::queue::store::{Queue, Store, now};
+use crate::queue::validate;
 use crate::runner::Settings;
 
 /// Recoveries after which an entry is held instead of retried.
@@ -24,6 +41,8 @@ pub const MAX_RECOVERIES: u32 = 3;
 
 /// Recover `active/`. Returns how many entries were moved.
 pub fn recover_active(store: &Store, s: &Settings) -> usize {
+    resolve_double_names(store);
+    let booted = boot_time();
     let names = store.list(Queue::Active).unwrap_or_default();
     let mut moved = 0;
     for name in names {
@@ -31,80 +50,165 @@ pub fn recover_active(store: &Store, s: &Settings) -> usize {
             quarantine(store, Queue::Active, &name, "not a queue ID");
             continue;
         }
-        let mut state = match store.read_state(&name) {
-            Ok(Some(st)) => st,
-            Ok(None) => match super::load(store, s, Queue::Active, &name) {
-                Some(entry) => State::fresh(&entry.parsed.header.recipients),
-                None => continue,
-            },
-            Err(e) => {
-                logging::warning(&format!("{name}: unreadable state ({e}); quarantined"));
-                quarantine(store, Queue::Active, &name, "unreadable state");
-                continue;
-            }
-        };
+        // Entered active/ (rename sets the ctime) before this boot?
+        let rebooted = store
+            .stat(Queue::Active, &name)
+            .is_ok_and(|st| booted.is_some_and(|b| u64::try_from(st.st_ctime).unwrap_or(0) < b));
+        let Some(entry) = super::load(store, s, Queue::Active, &name) else { continue };
+        let mut state = store.entry_state(&name, &entry.parsed.header.recipients);
         match store.take_request(&name) {
             Some(crate::queue::store::Request::Delete) => {
-                let _ = store.unlink(Queue::Active, &name);
-                let _ = store.remove_state(&name);
-                logging::info(&format!("{name}: deleted by the operator (requested during an interrupted attempt)"));
+                if store.unlink_durably(Queue::Active, &name).is_ok() {
+                    let _ = store.remove_state(&name);
+                    logging::info(&format!(
+                        "{name}: deleted by the operator (requested during an interrupted attempt)"
+                    ));
+                }
                 continue;
             }
             Some(crate::queue::store::Request::Hold) => state.hold = Some("held by the operator".into()),
             None => {}
         }
-        state.recoveries = state.recoveries.saturating_add(1);
+        if !rebooted {
+            state.recoveries = state.recoveries.saturating_add(1);
+        }
         state.next_attempt = now();
-        let interrupted = |n: u32| format!("interrupted delivery {n} times");
-        let to = if state.hold.as_deref().is_some_and(|h| h.starts_with("interrupted delivery")) {
-            // A previous recovery died between writing the hold and moving
-            // the entry: keep the count and the reason in step.
-            state.hold = Some(interrupted(state.recoveries));
-            Queue::Hold
-        } else if state.hold.is_some() {
-            Queue::Hold
-        } else if state.recoveries >= MAX_RECOVERIES {
-            state.hold = Some(interrupted(state.recoveries));
-            Queue::Hold
-        } else {
-            Queue::Deferred
-        };
-        if store.write_state(&name, &state).is_ok() && store.rename(Queue::Active, to, &name).is_ok() {
+        let to = next_place(&mut state);
+        if store.write_state(&name, &state).is_ok() && store.rename_durably(Queue::Active, to, &name).is_ok() {
             moved += 1;
-            logging::info(&format!("{name}: recovered from an interrupted delivery, moved to {}/", to.name()));
+            let why = if rebooted { "a reboot" } else { "a runner that stopped" };
+            logging::info(&format!("{name}: recovered from a delivery interrupted by {why}, moved to {}/", to.name()));
         } else {
-            logging::warning(&format!("{name}: cannot recover from active/"));
+            logging::warning(&format!("{name}: cannot recover from active/; tried again at the next queue run"));
         }
     }
     moved
 }
 
-/// Move a bad file to `corrupt/` and say why.
+/// Where a recovered entry goes, with its hold reason kept in step.
+fn next_place(state: &mut State) -> Queue {
+    let interrupted = |n: u32| format!("interrupted delivery {n} times");
+    if state.hold.as_deref().is_some_and(|h| h.starts_with("interrupted delivery")) {
+        // A previous recovery died between writing the hold and moving
+        // the entry: keep the count and the reason in step.
+        state.hold = Some(interrupted(state.recoveries));
+        Queue::Hold
+    } else if state.hold.is_some() {
+        Queue::Hold
+    } else if state.recoveries >= MAX_RECOVERIES {
+        state.hold = Some(interrupted(state.recoveries));
+        Queue::Hold
+    } else {
+        Queue::Deferred
+    }
+}
+
+/// When this system booted (seconds since the epoch), from `/proc/stat`.
+fn boot_time() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
+}
+
+/// How far along its way an entry in `q` is: of two names of one file,
+/// the one with the higher stage is where the interrupted rename went.
+/// `None` for the queues an entry can move between both ways.
+fn stage(q: Queue) -> Option<u8> {
+    match q {
+        Queue::Tmp => Some(0),
+        Queue::New => Some(1),
+        Queue::Active => Some(2),
+        Queue::Deferred | Queue::Hold | Queue::Failed => None,
+        Queue::Corrupt => Some(4),
+    }
+}
+
+/// Of the places an entry is in, the one it was being moved to.
+fn later_place(store: &Store, name: &str, places: &[Queue]) -> Option<Queue> {
+    if let Some(q) = places.iter().copied().filter(|&q| stage(q).is_some()).max_by_key(|&q| stage(q)) {
+        if q == Queue::Corrupt || places.iter().all(|&p| stage(p).is_some()) {
+            return Some(q);
+        }
+    }
+    // Between deferred/, hold/ and failed/ (release, hold, requeue), and
+    // from active/ to any of them: every such move writes the state
+    // first, so the state says where the entry was going.
+    let st = store.read_state(name).ok().flatten();
+    let held = st.as_ref().is_some_and(|s| s.hold.is_some());
+    let pending = st.as_ref().is_none_or(|s| s.pending().next().is_some());
+    let want = if held {
+        Queue::Hold
+    } else if pending {
+        Queue::Deferred
+    } else {
+        Queue::Failed
+    };
+    if places.contains(&want) {
+        return Some(want);
+    }
+    [Queue::Hold, Queue::Failed, Queue::Deferred].into_iter().find(|q| places.contains(q))
+}
+
+/// Find every file that has two queue names (the same inode) and remove
+/// the earlier name: a rename that a crash left half done.
+pub fn resolve_double_names(store: &Store) {
+    let mut seen: HashMap<String, Vec<Queue>> = HashMap::new();
+    for q in Queue::ALL {
+        for name in store.list(q).unwrap_or_default() {
+            seen.entry(name).or_default().push(q);
+        }
+    }
+    for (name, queues) in seen.into_iter().filter(|(_, qs)| qs.len() > 1) {
+        let Some(keep) = later_place(store, &name, &queues) else { continue };
+        for q in queues.into_iter().filter(|&q| q != keep) {
+            // Only a file with two links is one file under two names; a
+            // file that merely moved while the queues were listed has one.
+            let same = match (store.stat(keep, &name), store.stat(q, &name)) {
+                (Ok(a), Ok(b)) => a.st_ino == b.st_ino && a.st_dev == b.st_dev && b.st_nlink >= 2,
+                _ => false,
+            };
+            if same && store.unlink_durably(q, &name).is_ok() {
+                logging::warning(&format!(
+                    "{}: removed from {}/: the same file is in {}/ (a rename interrupted by a crash)",
+                    escape(name.as_bytes()),
+                    q.name(),
+                    keep.name()
+                ));
+            }
+        }
+    }
+}
+
+/// Move a bad file to `corrupt/` and say why: in the log, and in the
+/// state file of its new name (its `last_error`), where `outq list` shows
+/// it. A delivery record the state already holds is kept.
 pub fn quarantine(store: &Store, from: Queue, name: &str, why: &str) {
-    let shown = outq_spool::log::escape(name.as_bytes());
+    let shown = escape(name.as_bytes());
     match store.quarantine(from, name) {
-        Ok(to) => logging::warning(&format!(
-            "{shown}: moved from {}/ to corrupt/{}: {why}",
-            from.name(),
-            outq_spool::log::escape(to.as_bytes())
-        )),
+        Ok(to) => {
+            logging::warning(&format!("{shown}: moved from {}/ to corrupt/{}: {why}", from.name(), escape(to.as_bytes())));
+            if outq_spool::queue_id::QueueId::parse(name).is_some() {
+                let mut st = store.read_state(&to).ok().flatten().unwrap_or_else(|| State::fresh(&[]));
+                st.last_error = format!("{QUARANTINED}{why}");
+                let _ = store.write_state(&to, &st);
+            }
+        }
         Err(e) => logging::warning(&format!("{shown}: cannot quarantine ({}): {why}", e.desc())),
     }
 }
 
-/// Remove old uncommitted files, old failures and orphan state files.
+/// How the reason of a quarantine starts in a state's `last_error`.
+pub const QUARANTINED: &str = "quarantined: ";
+
+/// Resolve interrupted renames, recover stranded entries from `tmp/`,
+/// remove old uncommitted files, old failures and orphan state files.
 pub fn sweep(store: &Store, s: &Settings) {
+    resolve_double_names(store);
     let t = now();
     let old = |q: Queue, name: &str, max: u64| -> bool {
         store.stat(q, name).map(|st| t.saturating_sub(u64::try_from(st.st_mtime).unwrap_or(0)) > max).unwrap_or(false)
     };
     for name in store.list(Queue::Tmp).unwrap_or_default() {
-        if old(Queue::Tmp, &name, s.runner.tmp_max_age.as_secs()) && store.unlink(Queue::Tmp, &name).is_ok() {
-            logging::info(&format!(
-                "{}: removed from tmp/: never committed (older than tmp_max_age)",
-                outq_spool::log::escape(name.as_bytes())
-            ));
-        }
+        sweep_tmp_file(store, s, &name, t);
     }
     for name in store.list(Queue::Failed).unwrap_or_default() {
         // Age counts from the failure: the state file's mtime is set then.
@@ -113,7 +217,7 @@ pub fn sweep(store: &Store, s: &Settings) {
             Some(at) => t.saturating_sub(at) > s.runner.failed_max_age.as_secs(),
             None => old(Queue::Failed, &name, s.runner.failed_max_age.as_secs()),
         };
-        if too_old && store.unlink(Queue::Failed, &name).is_ok() {
+        if too_old && store.unlink_durably(Queue::Failed, &name).is_ok() {
             let _ = store.remove_state(&name);
             logging::info(&format!(
                 "{}: removed from failed/ (older than failed_max_age)",
@@ -128,8 +232,11 @@ pub fn sweep(store: &Store, s: &Settings) {
     for name in store.list_states().unwrap_or_default() {
         if name.starts_with('.') {
             // A state write interrupted by a crash.
-            if old_state(store, &name, t) {
-                let _ = store.remove_state(&name);
+            if old_state(store, &name, t) && store.remove_state(&name).is_ok() {
+                logging::info(&format!(
+                    "{}: removed from state/: a temporary state file a crash left behind",
+                    escape(name.as_bytes())
+                ));
             }
             continue;
         }
@@ -142,6 +249,72 @@ pub fn sweep(store: &Store, s: &Settings) {
         let orphan = !present.contains(entry_name) && old_state(store, &name, t) && !exists_anywhere(store, entry_name);
         if orphan && store.remove_state(&name).is_ok() {
             logging::info(&format!("{}: removed orphan state file", outq_spool::log::escape(name.as_bytes())));
+        }
+    }
+}
+
+/// What a file in `tmp/` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TmpFile {
+    /// The same file is already in `new/`: only the `tmp/` name is left
+    /// of a rename that a crash interrupted.
+    AlreadyInNew,
+    /// A complete entry, as the helper leaves it just before its rename
+    /// (valid header, mode 0404, trailer intact, one link): the submission
+    /// was committed but its rename was lost (or never made).
+    Committed,
+    /// Anything else: a write in progress or one its writer abandoned.
+    Uncommitted,
+}
+
+/// Classify a file in `tmp/` by its contents alone (not by its age, nor by
+/// whether its writer still runs: the caller decides that).
+pub fn classify_tmp(store: &Store, limits: &Limits, name: &str) -> TmpFile {
+    if let (Ok(a), Ok(b)) = (store.stat(Queue::Tmp, name), store.stat(Queue::New, name)) {
+        if a.st_ino == b.st_ino && a.st_dev == b.st_dev {
+            return TmpFile::AlreadyInNew;
+        }
+    }
+    match validate::load(store, Queue::Tmp, name, limits) {
+        Ok(_) => TmpFile::Committed,
+        Err(_) => TmpFile::Uncommitted,
+    }
+}
+
+/// Seconds after its last change before a committed-looking file in
+/// `tmp/` is taken for stranded: the helper renames it well within this
+/// after setting its final mode. A file last changed before this boot is
+/// stranded at once (no writer survives a reboot).
+const TMP_COMMITTED_GRACE: u64 = 300;
+
+fn sweep_tmp_file(store: &Store, s: &Settings, name: &str, t: u64) {
+    let shown = escape(name.as_bytes());
+    let Ok(st) = store.stat(Queue::Tmp, name) else { return };
+    let changed = u64::try_from(st.st_mtime).unwrap_or(0);
+    let age = t.saturating_sub(changed);
+    match classify_tmp(store, &s.limits, name) {
+        TmpFile::AlreadyInNew => {
+            if store.unlink_durably(Queue::Tmp, name).is_ok() {
+                logging::info(&format!("{shown}: removed from tmp/: the same file is in new/ (interrupted rename)"));
+            }
+        }
+        TmpFile::Committed => {
+            let before_boot = boot_time().is_some_and(|b| changed < b);
+            if !before_boot && age <= TMP_COMMITTED_GRACE {
+                return;
+            }
+            match store.rename_durably(Queue::Tmp, Queue::New, name) {
+                Ok(()) => logging::warning(&format!(
+                    "{shown}: moved from tmp/ to new/: a complete entry whose commit (rename) was lost"
+                )),
+                Err(Errno::EEXIST) => quarantine(store, Queue::Tmp, name, "a complete entry whose ID is taken in new/"),
+                Err(e) => logging::warning(&format!("{shown}: cannot move from tmp/ to new/: {}", e.desc())),
+            }
+        }
+        TmpFile::Uncommitted => {
+            if age > s.runner.tmp_max_age.as_secs() && store.unlink_durably(Queue::Tmp, name).is_ok() {
+                logging::info(&format!("{shown}: removed from tmp/: never committed (older than tmp_max_age)"));
+            }
         }
     }
 }
