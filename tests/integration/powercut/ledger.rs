@@ -23,7 +23,20 @@ pub enum Op {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// `op` on message number `msg` exited 0 (Flush, Run: `msg` is unused).
-    Acked { op: Op, msg: usize },
+    Acked {
+        op: Op,
+        msg: usize,
+    },
+    /// An operator command on message `msg` started; it ends with `Ended`
+    /// (after `Acked` when it printed success). A cut in between may see
+    /// its change or not.
+    Began {
+        op: Op,
+        msg: usize,
+    },
+    Ended {
+        msg: usize,
+    },
     /// The relay accepted these recipients (before its 250 went out).
     Accepted(Vec<String>),
     /// Power cut number `n`.
@@ -47,6 +60,8 @@ pub struct Intent {
     pub held: bool,
     pub released: bool,
     pub requeued: bool,
+    /// An operator command under way at the cut.
+    pub in_flight: Option<Op>,
     /// Acceptances before the cut, per recipient.
     pub accepted: BTreeMap<String, usize>,
 }
@@ -64,6 +79,16 @@ pub fn intents(events: &[Event], msgs: &[Msg], n: usize) -> Vec<Intent> {
                     if let Some(i) = owner(r) {
                         *v[i].accepted.entry(r.clone()).or_default() += 1;
                     }
+                }
+            }
+            Event::Began { op, msg } => {
+                if let Some(it) = v.get_mut(*msg) {
+                    it.in_flight = Some(*op);
+                }
+            }
+            Event::Ended { msg } => {
+                if let Some(it) = v.get_mut(*msg) {
+                    it.in_flight = None;
                 }
             }
             Event::Acked { op: Op::Run, .. } => v.iter_mut().for_each(|it| it.requeued = false),

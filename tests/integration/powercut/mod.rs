@@ -69,9 +69,14 @@ device gives the same write-and-flush log as dm-log-writes would.
   relay's acceptance and the durable removal, which a runner may batch
   until the end of its pass: outq-spool(5), DUPLICATES), else outside it;
 - stuck: an entry of an acknowledged message left in `new/`, `active/`,
-  `deferred/` or `tmp/` (or in two queues) after the drain;
-- no-reason: an entry in `hold/`, `failed/` or `corrupt/` without a reason
-  in `outq list`;
+  `deferred/` or `tmp/` (or in two queues) after the drain, or in `hold/`
+  without an acknowledged `hold`;
+- no-reason: an entry in `failed/` or `corrupt/` without a reason in
+  `outq list --json` (its problem, last error, or a failed recipient's
+  reply);
+- a message with an operator command under way at the cut (a cut at a
+  flush during the command) is only checked for duplicates: the command
+  may have taken effect or not;
 - undone: an acknowledged `hold` (delivered after the boot), `release`
   (still in `hold/`), `delete` (delivered or still in the spool) or
   `requeue` (still in `failed/`);
@@ -95,6 +100,8 @@ device gives the same write-and-flush log as dm-log-writes would.
   both file systems until N cut points were taken (after random steps and
   acceptances, at random flushes); it prints the counts and fails the
   same way. `OUTQ_POWERCUT_SEED` repeats the draws.
+- `OUTQ_POWERCUT_BINARIES=DIR` runs the `outq` and `outq-enqueue` of
+  another build (an older commit, to compare counts).
 
 Everything runs in development mode as `nobody` (the helper with
 `--spool`/`--config`): the code paths that write the spool are those of an
@@ -319,6 +326,10 @@ struct Rig {
 impl Rig {
     fn new() -> Rig {
         let bin_dir = root_tempdir("oqt-powercut-");
+        // OUTQ_POWERCUT_BINARIES: the programs of another build (to count
+        // the cuts of an older commit with this test).
+        let other = std::env::var_os("OUTQ_POWERCUT_BINARIES").map(PathBuf::from);
+        let bin = |name: &str| other.as_ref().map_or_else(|| bin(name), |d| d.join(name));
         for name in ["outq", "outq-enqueue"] {
             let to = bin_dir.path().join(name);
             // A link where possible: a copy holds a descriptor open for
@@ -432,9 +443,11 @@ fn live_run(rig: &Rig, fs: Fs, msgs: &mut [Msg], steps: &[(Step, bool)], plan: C
         let acked = |op, msg| rec.event(Event::Acked { op, msg });
         let op_on = |op: Op, word: &str, i: usize| {
             if let Some(id) = msgs[i].id.clone() {
+                rec.event(Event::Began { op, msg: i });
                 if rig.outq(&spool, &config, &[word, &id]).code == Some(0) {
                     acked(op, i);
                 }
+                rec.event(Event::Ended { msg: i });
             }
         };
         match step {
@@ -562,9 +575,14 @@ fn inventory(rig: &Rig, spool: &Path, config: &Path) -> Inventory {
     let mut reasons = HashMap::new();
     for v in doc["entries"].as_array().cloned().unwrap_or_default() {
         let id = v["id"].as_str().unwrap_or("").to_owned();
+        // A failed entry's reasons are its failed recipients' replies.
+        let failed_reply = v["recipients"].as_array().and_then(|rs| {
+            rs.iter().filter(|r| r["status"] == "failed").find_map(|r| r["reply"].as_str().filter(|s| !s.is_empty()))
+        });
         let reason = ["problem", "last_error", "hold_reason"]
             .iter()
             .find_map(|k| v[*k].as_str().filter(|s| !s.is_empty()))
+            .or(failed_reply)
             .unwrap_or("")
             .to_owned();
         reasons.insert(id, reason);
@@ -637,6 +655,10 @@ fn recover(
                 }
             }
         }
+        // A command under way at the cut may have taken effect or not.
+        if it.in_flight.is_some() {
+            continue;
+        }
         if it.deleted {
             if delivered_after > 0 || !places.is_empty() {
                 c.undone += 1;
@@ -645,15 +667,14 @@ fn recover(
             continue;
         }
         if it.held {
+            // Held by the operator: `outq list` says so even when the
+            // state file with the reason was lost.
             if delivered_after > 0 {
                 c.undone += 1;
                 note("hold undone", m, here.clone());
             } else if places.is_empty() {
                 c.lost += 1;
                 note("LOST (held)", m, here.clone());
-            } else if reason.is_empty() {
-                c.no_reason += 1;
-                note("held without a reason", m, here.clone());
             }
             continue;
         }
@@ -689,7 +710,7 @@ fn recover(
                 c.quarantined += 1;
                 note("quarantined", m, here.clone());
             }
-            ["hold"] | ["failed"] | ["corrupt"] => {
+            ["failed"] | ["corrupt"] => {
                 c.no_reason += 1;
                 note("no reason in outq list", m, here.clone());
             }
