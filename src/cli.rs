@@ -39,6 +39,52 @@ pub enum Command {
     Requeue(IdsArgs),
     /// Counts, sizes and ages per state; monitoring thresholds.
     Status(StatusArgs),
+    /// Guided setup: relay, TLS, credentials, mail for root, mail name.
+    Setup(SetupArgs),
+}
+
+/// How the runner secures its connection to the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsMode {
+    /// TLS from the first byte (smtps://, port 465).
+    Smtps,
+    /// STARTTLS required (port 587).
+    Starttls,
+    /// STARTTLS when the relay offers it (port 25).
+    Opportunistic,
+    /// No TLS.
+    Off,
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// The configuration file to write.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Never ask, even on a terminal; what no flag names stays as it is.
+    #[arg(long)]
+    pub non_interactive: bool,
+    /// The relay's host name or address.
+    #[arg(long, value_name = "HOST")]
+    pub relay: Option<String>,
+    /// The relay's port (default: the TLS mode's standard port).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// The TLS mode.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub tls: Option<TlsMode>,
+    /// The user name for SMTP AUTH ("" for none).
+    #[arg(long, value_name = "USER")]
+    pub auth_user: Option<String>,
+    /// Read the AUTH password's first line from FILE ("-": standard input).
+    #[arg(long, value_name = "FILE")]
+    pub auth_password_file: Option<PathBuf>,
+    /// Where mail for root and other local users goes ("" for nowhere).
+    #[arg(long, value_name = "ADDRESS")]
+    pub admin_address: Option<String>,
+    /// The mail name, written as myhostname ("" to use /etc/mailname or the host name).
+    #[arg(long, value_name = "DOMAIN")]
+    pub mailname: Option<String>,
 }
 
 /// Where the spool is, for the operator commands.

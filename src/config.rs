@@ -35,6 +35,7 @@ pub const RUNNER_KEYS: &[(&str, &str)] = &[
     ("relay_auth_file", "credentials for SMTP AUTH"),
     ("delay_warning_time", "send a delay notice after this long (0s: never)"),
     ("enqueue_program", "the helper outq-sendmail runs"),
+    ("admin_address", "where mail for root and other local users goes"),
 ];
 
 /// Where a message goes.

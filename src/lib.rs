@@ -5,8 +5,8 @@ create the spool), and shares the spool format with the helper through the
 `outq-spool` crate.
 
 - [`cli`]: the command line (clap), parsed before anything is done;
-- [`admin`]: `outq init` and `outq check`, the creators and auditors of an
-  installation;
+- [`admin`]: `outq init`, `outq check` and `outq setup`, the creators,
+  auditors and guided editor of an installation;
 - [`error`]: the one error type, rendered in one place.
 */
 #![forbid(unsafe_code)]
@@ -33,6 +33,7 @@ pub fn main() -> ExitCode {
     let result = match cmd.command {
         cli::Command::Init(a) => admin::init::run(&a),
         cli::Command::Check(a) => admin::check::run(&a),
+        cli::Command::Setup(a) => admin::setup::run(&a),
         cli::Command::Run(a) => runner::run(&runner::RunOptions {
             spool: a.spool,
             config: a.config,

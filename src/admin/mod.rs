@@ -1,7 +1,8 @@
 /*!
-Creating (`init`) and auditing (`check`) an installation.
+Creating (`init`), auditing (`check`) and configuring (`setup`) an
+installation.
 
-Both take the expected owners and modes from `outq_spool::layout`, the
+`init` and `check` take the expected owners and modes from `outq_spool::layout`, the
 single table that the helper also verifies against, so the three cannot
 disagree.
 */
@@ -11,6 +12,7 @@ pub mod check;
 pub mod init;
 pub mod relay;
 pub mod sendmail_owner;
+pub mod setup;
 
 use std::path::PathBuf;
 

@@ -15,7 +15,7 @@ What is understood:
 - `-f SENDER` and `-r SENDER` the envelope sender, `-F NAME` the full name
   for a `From:` header outq-sendmail adds;
 - `-bm` deliver (the default), `-bp` list the queue (also when invoked as
-  `mailq`);
+  `mailq`), `-bi` rebuild the aliases (also when invoked as `newaliases`);
 - `-C FILE` an alternate configuration file;
 - accepted and ignored: `-v`, `-oem`, `-oee`, `-odb`, `-odi`, `-om`, and
   `-B TYPE`, `-N DSN`, `-R RET`, `-V ENVID` with their values.
@@ -38,6 +38,8 @@ pub enum Mode {
     Deliver,
     /// `-bp`: list the queue (`outq list`).
     ListQueue,
+    /// `-bi`: rebuild the alias database (`newaliases`).
+    RebuildAliases,
 }
 
 /// The parsed command line; addresses and the full name are raw bytes.
@@ -69,12 +71,14 @@ const WITH_VALUE: &[u8] = b"bBCfFNoRrV";
 const FLAGS: &[u8] = b"tiv";
 
 /// Parse the command line. `argv0` is the name the program was run as:
-/// `mailq` means `-bp`.
+/// `mailq` means `-bp`, `newaliases` means `-bi`.
 pub fn parse(argv0: Option<&OsStr>, argv: impl Iterator<Item = OsString>) -> Result<Args, UsageError> {
     let mut args = Args::default();
     let invoked_as = argv0.map(|a| a.as_bytes().rsplit(|&b| b == b'/').next().unwrap_or_default().to_vec());
-    if invoked_as.as_deref() == Some(b"mailq") {
-        args.mode = Mode::ListQueue;
+    match invoked_as.as_deref() {
+        Some(b"mailq") => args.mode = Mode::ListQueue,
+        Some(b"newaliases") => args.mode = Mode::RebuildAliases,
+        _ => {}
     }
     let mut it = argv.map(OsString::into_vec);
     while let Some(word) = it.next() {
@@ -122,6 +126,7 @@ fn apply(args: &mut Args, letter: u8, value: Vec<u8>) -> Result<(), UsageError> 
         b'b' => match value.as_slice() {
             b"m" => args.mode = Mode::Deliver,
             b"p" => args.mode = Mode::ListQueue,
+            b"i" => args.mode = Mode::RebuildAliases,
             _ => return Err(UsageError(format!("option -b{} is not supported", escape(&value)))),
         },
         b'o' => match value.as_slice() {
@@ -224,6 +229,15 @@ mod tests {
         assert_eq!(a.mode, Mode::ListQueue);
         let a = p(&["-C", "/etc/x.conf", "-bp"]).unwrap();
         assert_eq!(a.config, Some(PathBuf::from("/etc/x.conf")));
+    }
+
+    #[test]
+    fn alias_rebuild() {
+        assert_eq!(p(&["-bi"]).unwrap().mode, Mode::RebuildAliases);
+        let a = parse(Some(OsStr::new("/usr/bin/newaliases")), std::iter::empty()).unwrap();
+        assert_eq!(a.mode, Mode::RebuildAliases);
+        let a = parse(Some(OsStr::new("sendmail")), ["-bi".into()].into_iter()).unwrap();
+        assert_eq!(a.mode, Mode::RebuildAliases);
     }
 
     #[test]

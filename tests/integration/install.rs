@@ -19,12 +19,19 @@ As root (`SKIPPED (needs root): NAME` otherwise, a failure with
   accounts, the spool, passes `outq check`; uninstall keeps queued mail,
   purge removes spool, configuration and accounts;
 - the Debian package (built with `cargo deb`, or given as `OUTQ_DEB`) is
-  installed with `dpkg -i` on this machine, mail goes from an unprivileged
-  user through the installed helper and `outq-sendmail` to a Maildir with
-  the runner as the package's `outq` user, then `dpkg -r` keeps the queued
-  mail and `dpkg -P` removes everything. This changes the machine: it runs
-  under the privileged tests' lock, refuses to start where outq is already
-  installed, and undoes itself in `Drop`.
+  installed with apt as the mail transport agent in a throw-away copy of
+  this machine (`sysroot`) that has Postfix and bsd-mailx: Postfix is
+  replaced and its queued mail reported, bsd-mailx stays and, installed
+  again, pulls in no exim4; `outq setup` runs non-interactively; mail goes
+  from an unprivileged user through the helper, `/usr/sbin/sendmail`,
+  `/usr/lib/sendmail` and `mail(1)` to a Maildir with the runner as the
+  package's `outq` user; `mailq` and `newaliases` work; `dpkg -r` keeps
+  the queued mail and `dpkg -P` removes everything. This machine's own
+  package state is never changed.
+
+Without privilege: lintian finds no error or warning in the package, and
+the RPM built from `install/rpm/outq.spec` has the expected modes,
+owners, flags and scriptlets (`rpm -qp --dump`, `--scripts`).
 */
 
 use std::collections::BTreeSet;
@@ -37,9 +44,8 @@ use std::time::Duration;
 use nix::unistd::{Group, User};
 use outq_spool::layout::{GroupRole, Kind, PARTS};
 
-use crate::support::{
-    Account, Ran, TestAccounts, as_user, bin, privileged, privileged_lock, root_tempdir, run_timeout,
-};
+use crate::support::{Account, Ran, TestAccounts, bin, privileged, privileged_lock, root_tempdir, run_timeout};
+use crate::sysroot::Sysroot;
 
 /// Bound for one script or program run (the package build has its own).
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -210,7 +216,14 @@ fn the_scripts_pass_shellcheck() {
     }
     let mut c = Command::new("shellcheck");
     c.args(["-s", "sh"]);
-    for s in ["install/install.sh", "install/debian/postinst", "install/debian/prerm", "install/debian/postrm"] {
+    for s in [
+        "install/install.sh",
+        "install/debian/preinst",
+        "install/debian/postinst",
+        "install/debian/prerm",
+        "install/debian/postrm",
+        "install/rpm/build.sh",
+    ] {
         c.arg(top().join(s));
     }
     ok("shellcheck", &run(c));
@@ -601,52 +614,17 @@ fn live_install_creates_accounts_and_spool_and_purge_removes_them() {
 }
 
 // ---------------------------------------------------------------------------
-// The Debian package.
+// The Debian package, as a mail transport agent.
+//
+// Installed for real with apt and dpkg, in a throw-away copy of this machine
+// (`sysroot`): the copy starts with this machine's packages, Postfix
+// included, and everything the test changes (Postfix removed, accounts,
+// statoverrides) vanishes with it, so other tests and other developers on
+// this machine keep their Postfix.
 
 const HELPER: &str = "/usr/sbin/outq-enqueue";
 const SPOOL: &str = "/var/spool/outq";
 const MAILDIR: &str = "/var/lib/outq-test-maildir";
-
-fn dpkg(args: &[&str]) -> Ran {
-    let mut c = Command::new("dpkg");
-    c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-    run(c)
-}
-
-fn statoverride() -> String {
-    let mut c = Command::new("dpkg-statoverride");
-    c.args(["--list", HELPER]);
-    run(c).stdout.trim().to_owned()
-}
-
-fn package_state() -> String {
-    let mut c = Command::new("dpkg-query");
-    c.args(["-W", "-f=${Status}", "outq"]);
-    run(c).stdout
-}
-
-/// What the package test changes, put back when it ends however it ends.
-struct PackageGuard;
-
-impl Drop for PackageGuard {
-    fn drop(&mut self) {
-        if !package_state().is_empty() && !package_state().contains("not-installed") {
-            let _ = dpkg(&["-P", "outq"]);
-        }
-        if !statoverride().is_empty() {
-            let _ = Command::new("dpkg-statoverride").args(["--remove", HELPER]).status();
-        }
-        let _ = Command::new("update-alternatives")
-            .args(["--remove", "sendmail", "/usr/sbin/outq-sendmail"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        drop(AccountsGuard(vec!["outq".into(), "outqdrop".into()]));
-        for p in [SPOOL, "/etc/outq", MAILDIR] {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
-}
 
 /// The package to test: `OUTQ_DEB`, else built here with `cargo deb` in
 /// its own target directory (one release build of the three programs).
@@ -677,172 +655,471 @@ fn package(test: &str) -> Option<PathBuf> {
     Some(deb)
 }
 
-/// `/usr/sbin/sendmail` as it is: absent, a link (to where), or a file.
-fn sendmail_now() -> String {
-    match std::fs::symlink_metadata("/usr/sbin/sendmail") {
-        Err(_) => "absent".into(),
-        Ok(m) if m.file_type().is_symlink() => {
-            format!("link to {}", std::fs::read_link("/usr/sbin/sendmail").unwrap().display())
-        }
-        Ok(m) => format!("file ino {} size {} mtime {}", m.ino(), m.size(), m.mtime()),
+/// `apt-get -q -y ARGS` in the copy, quiet, timed; the time is printed.
+fn apt(sys: &Sysroot, args: &[&str]) -> Ran {
+    let mut all = vec!["-q", "-y", "-o", "Dpkg::Use-Pty=0", "-o", "APT::Color=0"];
+    all.extend_from_slice(args);
+    let started = std::time::Instant::now();
+    let r = sys.run("apt-get", &all, b"");
+    let _ = writeln!(std::io::stderr(), "apt-get {}: {:.1}s", args.join(" "), started.elapsed().as_secs_f64());
+    r
+}
+
+/// `dpkg ARGS` in the copy.
+fn dpkg_in(sys: &Sysroot, args: &[&str]) -> Ran {
+    sys.run("dpkg", args, b"")
+}
+
+fn statoverride_in(sys: &Sysroot) -> String {
+    sys.run("dpkg-statoverride", &["--list", HELPER], b"").stdout.trim().to_owned()
+}
+
+/// Owner, group and mode of each path in the copy, names looked up in the
+/// copy's own account files.
+#[track_caller]
+fn assert_installed_in(sys: &Sysroot, want: &[Expect]) {
+    for e in want {
+        let p = sys.path(&e.path);
+        let m = std::fs::symlink_metadata(&p).unwrap_or_else(|err| panic!("{} is missing: {err}", e.path));
+        let (uid, gid) = (sys.uid(&e.owner).unwrap(), sys.gid(&e.group).unwrap());
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (uid, gid, e.mode), "{} ({}:{})", e.path, e.owner, e.group);
     }
 }
 
-fn submit(who: &Account, program: &str, args: &[&str], text: &str) -> Ran {
-    let mut c = as_user(who, &[], Path::new(program));
-    c.args(args);
-    run_timeout(c, text.as_bytes(), TIMEOUT)
+/// Run `program args` in the copy as `who` (no privilege, no groups).
+fn as_caller(sys: &Sysroot, who: &Account, program: &str, args: &[&str], input: &str) -> Ran {
+    let (u, g) = (format!("--reuid={}", who.uid), format!("--regid={}", who.gid));
+    let mut all = vec![u.as_str(), g.as_str(), "--clear-groups", "--", program];
+    all.extend_from_slice(args);
+    sys.run("/usr/bin/setpriv", &all, input.as_bytes())
 }
 
-fn listing(dir: &str) -> Vec<String> {
-    crate::support::list(Path::new(dir))
+fn listing_in(sys: &Sysroot, dir: &str) -> Vec<String> {
+    crate::support::list(&sys.path(dir))
+}
+
+/// The copy starts as a fresh system for outq: no package, files or
+/// accounts left by anything on this machine.
+fn clean_copy(sys: &Sysroot) {
+    if !sys.package_status("outq").is_empty() {
+        let _ = dpkg_in(sys, &["--purge", "--force-depends", "outq"]);
+    }
+    let _ = sys.run("dpkg-statoverride", &["--remove", HELPER], b"");
+    for p in [SPOOL, "/etc/outq", MAILDIR] {
+        let _ = std::fs::remove_dir_all(sys.path(p));
+    }
+    let _ = sys.run("userdel", &["outq"], b"");
+    for name in ["outq", "outqdrop"] {
+        let _ = sys.run("groupdel", &[name], b"");
+    }
+    // man-db's index update is the slowest trigger of every install.
+    sys.run("debconf-set-selections", &[], b"man-db man-db/auto-update boolean false\n");
+}
+
+/// A message in Postfix's own queue, put there by Postfix's sendmail
+/// (postdrop) while Postfix is the MTA: what replacing it must not drop
+/// silently.
+fn queue_in_postfix(sys: &Sysroot) {
+    if !sys.path("/etc/postfix/main.cf").exists() {
+        // Installed "No configuration": Postfix's defaults.
+        std::fs::write(sys.path("/etc/postfix/main.cf"), "").unwrap();
+    }
+    let r = sys.run("/usr/sbin/sendmail", &["-i", "someone@example.org"], b"Subject: queued in postfix\n\nbody\n");
+    ok("Postfix's sendmail", &r);
+    assert_eq!(listing_in(sys, "/var/spool/postfix/maildrop").len(), 1, "one message in Postfix's maildrop");
 }
 
 #[test]
-fn the_debian_package_installs_delivers_removes_and_purges() {
-    let test = "the_debian_package_installs_delivers_removes_and_purges";
-    if !privileged(test) || !tool(test, "dpkg", &["--version"]) {
+fn the_debian_package_replaces_postfix_installs_delivers_removes_and_purges() {
+    let test = "the_debian_package_replaces_postfix_installs_delivers_removes_and_purges";
+    if !privileged(test) || !tool(test, "dpkg", &["--version"]) || !tool(test, "unshare", &["--version"]) {
         return;
     }
     let Some(deb) = package(test) else { return };
     let _lock = privileged_lock();
-    // This machine must not have outq already: the test would change it.
-    let state = package_state();
-    assert!(
-        state.is_empty() || state.contains("not-installed"),
-        "package outq is installed here ({state}); not touching it"
-    );
-    for p in [SPOOL, "/etc/outq", "/usr/sbin/outq", HELPER] {
-        assert!(std::fs::symlink_metadata(p).is_err(), "{p} exists: outq is installed here; not touching it");
-    }
-    for name in ["outq", "outqdrop"] {
-        assert!(User::from_name(name).unwrap().is_none(), "user {name} exists here; not touching it");
-        assert!(Group::from_name(name).unwrap().is_none(), "group {name} exists here; not touching it");
-    }
-    assert!(statoverride().is_empty(), "{HELPER} has a statoverride here; not touching it");
+    let started = std::time::Instant::now();
+    let host_postfix = Command::new("dpkg-query").args(["-W", "-f=${Status}", "postfix"]).output().unwrap().stdout;
     let acc = TestAccounts::create();
-    let _guard = PackageGuard;
-    let sendmail_before = sendmail_now();
-    let deb_arg = deb.display().to_string();
+    let caller = &acc.caller;
+    let sys = Sysroot::new();
+    clean_copy(&sys);
 
-    // Install.
-    let r = dpkg(&["-i", &deb_arg]);
-    ok("dpkg -i", &r);
-    assert!(r.stdout.contains("outq check: /var/spool/outq is in order"), "postinst's outq check: {}", r.stdout);
-    assert_eq!(statoverride(), "root outqdrop 2755 /usr/sbin/outq-enqueue");
-    assert_installed(
-        Path::new("/"),
-        &[
-            expect(HELPER.into(), "root", "outqdrop", 0o2755),
-            expect("/usr/sbin/outq".into(), "root", "root", 0o755),
-            expect("/usr/sbin/outq-sendmail".into(), "root", "root", 0o755),
-            expect("/etc/outq".into(), "root", "root", 0o755),
-            expect("/etc/outq/outq.conf".into(), "root", "root", 0o644),
-            expect("/usr/lib/systemd/system/outq.service".into(), "root", "root", 0o644),
-            expect("/usr/lib/sysusers.d/outq.conf".into(), "root", "root", 0o644),
-            expect("/usr/lib/tmpfiles.d/outq.conf".into(), "root", "root", 0o644),
-        ],
-    );
-    for page in man_pages() {
-        let section = page.rsplit('.').next().unwrap();
-        assert_installed(
-            Path::new("/"),
-            &[expect(format!("/usr/share/man/man{section}/{page}.gz"), "root", "root", 0o644)],
-        );
+    // A system whose MTA is Postfix, with bsd-mailx (which needs an MTA).
+    if !sys.installed("postfix") {
+        sys.run("debconf-set-selections", &[], b"postfix postfix/main_mailer_type select No configuration\n");
+        ok("apt-get install postfix", &apt(&sys, &["install", "--no-install-recommends", "postfix"]));
     }
-    let mut c = Command::new("dpkg-query");
-    c.args(["-W", "-f=${Conffiles}", "outq"]);
-    assert!(run(c).stdout.contains("/etc/outq/outq.conf"), "/etc/outq/outq.conf must be a conffile");
-    let outq = User::from_name("outq").unwrap().unwrap();
-    assert_eq!(outq.dir, PathBuf::from(SPOOL));
-    assert_eq!(outq.shell, PathBuf::from("/usr/sbin/nologin"));
-    assert_eq!(Group::from_gid(outq.gid).unwrap().unwrap().name, "outq");
-    let drop = Group::from_name("outqdrop").unwrap().unwrap();
-    assert!(drop.mem.is_empty() && drop.gid != outq.gid, "outqdrop is dedicated");
+    ok("apt-get install bsd-mailx", &apt(&sys, &["install", "--no-install-recommends", "bsd-mailx"]));
+    assert!(sys.installed("postfix") && sys.installed("bsd-mailx"));
+    queue_in_postfix(&sys);
+
+    // apt install ./outq.deb: Postfix goes (Conflicts + Replaces on
+    // mail-transport-agent), bsd-mailx stays (outq Provides it).
+    std::fs::copy(&deb, sys.path("/tmp/outq.deb")).unwrap();
+    let r = apt(&sys, &["install", "--no-install-recommends", "/tmp/outq.deb"]);
+    ok("apt-get install ./outq.deb", &r);
+    assert!(sys.installed("outq"), "{}", r.stdout);
+    assert_eq!(sys.package_status("postfix"), "deinstall ok config-files", "Postfix is removed (not purged)");
+    assert!(sys.installed("bsd-mailx"), "bsd-mailx stays: outq provides mail-transport-agent");
+    for exim in ["exim4-base", "exim4-daemon-light", "exim4-daemon-heavy"] {
+        assert!(!sys.installed(exim), "{exim} was pulled in");
+    }
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        all.contains("Postfix's queue /var/spool/postfix still holds 1 message(s) (maildrop: 1)"),
+        "the postinst reports the mail left in Postfix's queue: {all}"
+    );
+    assert_eq!(listing_in(&sys, "/var/spool/postfix/maildrop").len(), 1, "Postfix's queued mail is kept");
+    assert!(all.contains("outq setup: /etc/outq/outq.conf written"), "the postinst runs outq setup: {all}");
+    assert!(all.contains("outq check: /var/spool/outq is in order"), "the postinst runs outq check: {all}");
+
+    // What the package installs, with owners from the copy's accounts.
+    assert_eq!(statoverride_in(&sys), "root outqdrop 2755 /usr/sbin/outq-enqueue");
+    let mut want = vec![
+        expect(HELPER.into(), "root", "outqdrop", 0o2755),
+        expect("/usr/sbin/outq".into(), "root", "root", 0o755),
+        expect("/usr/sbin/outq-sendmail".into(), "root", "root", 0o755),
+        expect("/etc/outq".into(), "root", "root", 0o755),
+        expect("/etc/outq/outq.conf".into(), "root", "root", 0o644),
+        expect("/usr/lib/systemd/system/outq.service".into(), "root", "root", 0o644),
+        expect("/usr/lib/sysusers.d/outq.conf".into(), "root", "root", 0o644),
+        expect("/usr/lib/tmpfiles.d/outq.conf".into(), "root", "root", 0o644),
+        expect("/usr/share/lintian/overrides/outq".into(), "root", "root", 0o644),
+    ];
+    for page in man_pages() {
+        let section = page.rsplit('.').next().unwrap().to_owned();
+        want.push(expect(format!("/usr/share/man/man{section}/{page}.gz"), "root", "root", 0o644));
+    }
+    assert_installed_in(&sys, &want);
+    // The MTA's names: links to outq-sendmail (Debian Policy 11.6).
+    for (link, target) in [
+        ("/usr/sbin/sendmail", "outq-sendmail"),
+        ("/usr/lib/sendmail", "../sbin/outq-sendmail"),
+        ("/usr/bin/mailq", "../sbin/outq-sendmail"),
+        ("/usr/bin/newaliases", "../sbin/outq-sendmail"),
+        ("/usr/share/man/man8/sendmail.8.gz", "outq-sendmail.8.gz"),
+    ] {
+        assert_eq!(std::fs::read_link(sys.path(link)).unwrap(), PathBuf::from(target), "{link}");
+    }
+    let conffiles = sys.run("dpkg-query", &["-W", "-f=${Conffiles}", "outq"], b"").stdout;
+    assert!(!conffiles.contains("/etc/outq/outq.conf"), "outq.conf is made by outq setup, not a conffile");
+    assert_eq!(sys.passwd_field("outq", 5).as_deref(), Some(SPOOL), "outq's home");
+    assert_eq!(sys.passwd_field("outq", 6).as_deref(), Some("/usr/sbin/nologin"), "outq's shell");
+    let (outq_uid, outq_gid, drop_gid) =
+        (sys.uid("outq").unwrap(), sys.gid("outq").unwrap(), sys.gid("outqdrop").unwrap());
+    assert_eq!(sys.passwd_field("outq", 3), Some(outq_gid.to_string()), "outq's primary group is outq");
+    assert_eq!(sys.group_members("outqdrop").as_deref(), Some(""), "outqdrop has no members");
     for part in PARTS.iter() {
         let p = Path::new(SPOOL).join(part.name);
-        let m = std::fs::symlink_metadata(&p).unwrap();
-        let gid = if part.group == GroupRole::Drop { drop.gid } else { outq.gid };
-        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (outq.uid.as_raw(), gid.as_raw(), part.mode), "{p:?}");
-    }
-    // /usr/sbin/sendmail: an alternative only where nothing else was.
-    let sendmail_installed = sendmail_now();
-    if sendmail_before == "absent" || sendmail_before == "link to /etc/alternatives/sendmail" {
-        assert_eq!(sendmail_installed, "link to /etc/alternatives/sendmail");
-        assert_eq!(std::fs::canonicalize("/usr/sbin/sendmail").unwrap(), PathBuf::from("/usr/sbin/outq-sendmail"));
-    } else {
-        assert_eq!(sendmail_installed, sendmail_before, "another MTA's /usr/sbin/sendmail must be left alone");
+        let m = std::fs::symlink_metadata(sys.path(&p.display().to_string())).unwrap();
+        let gid = if part.group == GroupRole::Drop { drop_gid } else { outq_gid };
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (outq_uid, gid, part.mode), "{p:?}");
     }
 
-    // Deliver into a Maildir, with the runner as the package's user.
+    // The guided setup, non-interactive, with the password on stdin.
+    let before = read(&sys.path("/etc/outq/outq.conf"));
+    let r = sys.run(
+        "/usr/sbin/outq",
+        &[
+            "setup",
+            "--non-interactive",
+            "--relay",
+            "smtp.example.org",
+            "--tls",
+            "starttls",
+            "--auth-user",
+            "www1@example.org",
+            "--auth-password-file",
+            "-",
+            "--admin-address",
+            "ops@example.org",
+            "--mailname",
+            "host.example.org",
+        ],
+        b"correct horse battery staple\n",
+    );
+    ok("outq setup --non-interactive", &r);
+    assert!(r.stdout.contains("relay: smtp://smtp.example.org:587 (STARTTLS required)"), "{}", r.stdout);
+    assert!(!r.stdout.contains("correct horse"), "the password is never printed");
+    let conf = read(&sys.path("/etc/outq/outq.conf"));
+    for line in [
+        "relay = smtp://smtp.example.org:587\n",
+        "starttls = required\n",
+        "relay_auth_file = /etc/outq/relay-auth\n",
+        "admin_address = ops@example.org\n",
+        "myhostname = host.example.org\n",
+    ] {
+        assert!(conf.contains(line), "outq.conf lacks {line:?}:\n{conf}");
+    }
+    let kept: Vec<&str> = before.lines().filter(|l| l.starts_with('#')).collect();
+    assert!(kept.iter().all(|l| conf.lines().any(|c| c == *l)), "setup keeps the file's comments");
+    assert_installed_in(&sys, &[expect("/etc/outq/relay-auth".into(), "outq", "outq", 0o600)]);
+    assert!(read(&sys.path("/etc/outq/relay-auth")).contains("\nwww1@example.org correct horse battery staple\n"));
+    let r = sys.run("/usr/sbin/outq", &["check"], b"");
+    ok("outq check after setup", &r);
+    assert!(r.stdout.contains("is in order"), "{}", r.stdout);
+    // Run again without flags (as every upgrade's postinst does): no change.
+    ok("outq setup again", &sys.run("/usr/sbin/outq", &["setup", "--non-interactive"], b""));
+    assert_eq!(read(&sys.path("/etc/outq/outq.conf")), conf, "setup without flags changes nothing");
+
+    // Mail through every name programs use, delivered to a Maildir.
     std::fs::write(
-        "/etc/outq/outq.conf",
+        sys.path("/etc/outq/outq.conf"),
         format!("relay = maildir:{MAILDIR}\nspool_min_free = 0\nmyhostname = test.example\n"),
     )
     .unwrap();
-    std::fs::create_dir(MAILDIR).unwrap();
-    std::os::unix::fs::chown(MAILDIR, Some(outq.uid.as_raw()), Some(outq.gid.as_raw())).unwrap();
-    std::fs::set_permissions(MAILDIR, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let mut c = Command::new("/usr/sbin/outq");
-    c.arg("check");
-    let r = run(c);
-    ok("outq check", &r);
-    assert!(r.stdout.contains("is in order"), "{}", r.stdout);
-
-    let caller = &acc.caller;
-    let r = submit(caller, HELPER, &["-f", "sender@example.org", "one@example.org"], "Subject: one\n\nfirst\n");
+    std::fs::create_dir(sys.path(MAILDIR)).unwrap();
+    std::os::unix::fs::chown(sys.path(MAILDIR), Some(outq_uid), Some(outq_gid)).unwrap();
+    std::fs::set_permissions(sys.path(MAILDIR), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let r = as_caller(&sys, caller, HELPER, &["-f", "sender@example.org", "one@example.org"], "Subject: one\n\n1\n");
     let first = r.queue_id();
-    let r = submit(caller, "/usr/sbin/outq-sendmail", &["-i", "two@example.org"], "Subject: two\n\nsecond\n");
-    ok("outq-sendmail", &r);
-    assert_eq!(listing(&format!("{SPOOL}/new")).len(), 2, "two entries queued");
+    let r = as_caller(&sys, caller, "/usr/sbin/sendmail", &["-i", "two@example.org"], "Subject: two\n\n2\n");
+    ok("/usr/sbin/sendmail", &r);
+    let r = as_caller(&sys, caller, "/usr/lib/sendmail", &["-t"], "To: three@example.org\nSubject: three\n\n3\n");
+    ok("/usr/lib/sendmail", &r);
+    let r = as_caller(&sys, caller, "/usr/bin/mail", &["-s", "four", "four@example.org"], "4\n");
+    ok("mail(1) from bsd-mailx", &r);
+    assert_eq!(listing_in(&sys, &format!("{SPOOL}/new")).len(), 4, "four entries queued");
+    let r = sys.run("/usr/bin/mailq", &[], b"");
+    ok("mailq", &r);
+    assert!(r.stdout.contains(&first), "mailq lists the queue: {}", r.stdout);
+    let r = as_caller(&sys, caller, "/usr/bin/newaliases", &[], "");
+    ok("newaliases", &r);
 
-    // Reinstalling (an upgrade) keeps the statoverride and the queue.
-    ok("dpkg -i again", &dpkg(&["-i", &deb_arg]));
-    assert_installed(Path::new("/"), &[expect(HELPER.into(), "root", "outqdrop", 0o2755)]);
-    assert_eq!(listing(&format!("{SPOOL}/new")).len(), 2, "an upgrade keeps queued mail");
-    assert!(read(Path::new("/etc/outq/outq.conf")).contains(MAILDIR), "an upgrade keeps the configuration");
+    // Reinstalling (an upgrade) keeps the statoverride, queue and configuration.
+    ok("dpkg -i again", &dpkg_in(&sys, &["-i", "/tmp/outq.deb"]));
+    assert_installed_in(&sys, &[expect(HELPER.into(), "root", "outqdrop", 0o2755)]);
+    assert_eq!(listing_in(&sys, &format!("{SPOOL}/new")).len(), 4, "an upgrade keeps queued mail");
+    assert!(read(&sys.path("/etc/outq/outq.conf")).contains(MAILDIR), "an upgrade keeps the configuration");
 
-    let mut c = Command::new("runuser");
-    c.args(["-u", "outq", "--", "/usr/sbin/outq", "run", "--once", "--log", "stderr"]);
-    ok("outq run --once as outq", &run(c));
-    let delivered = listing(&format!("{MAILDIR}/new"));
-    assert_eq!(delivered.len(), 2, "two messages delivered: {delivered:?}");
-    let texts: Vec<String> = delivered.iter().map(|n| read(&Path::new(MAILDIR).join("new").join(n))).collect();
-    assert!(texts.iter().any(|t| t.contains("Delivered-To: one@example.org") && t.contains("first")), "{texts:?}");
-    assert!(texts.iter().any(|t| t.contains("Delivered-To: two@example.org") && t.contains("second")), "{texts:?}");
-    assert!(delivered.iter().any(|n| n.contains(&first)), "the Maildir file names the queue ID {first}");
-    for q in ["new", "active", "deferred", "failed", "corrupt"] {
-        assert_eq!(listing(&format!("{SPOOL}/{q}")), Vec::<String>::new(), "{q}/ is empty after delivery");
+    let r =
+        sys.run("/usr/sbin/runuser", &["-u", "outq", "--", "/usr/sbin/outq", "run", "--once", "--log", "stderr"], b"");
+    ok("outq run --once as outq", &r);
+    let delivered = listing_in(&sys, &format!("{MAILDIR}/new"));
+    assert_eq!(delivered.len(), 4, "four messages delivered: {delivered:?}");
+    let texts: Vec<String> = delivered.iter().map(|n| read(&sys.path(&format!("{MAILDIR}/new/{n}")))).collect();
+    for (rcpt, subject) in [("one", "one"), ("two", "two"), ("three", "three"), ("four", "four")]
+        .map(|(r, s)| (format!("{r}@example.org"), s))
+    {
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.contains(&format!("Delivered-To: {rcpt}")) && t.contains(&format!("Subject: {subject}"))),
+            "{rcpt} not delivered: {texts:?}"
+        );
     }
+    assert!(delivered.iter().any(|n| n.contains(&first)), "the Maildir file names the queue ID {first}");
+    assert!(sys.run("/usr/bin/mailq", &[], b"").stdout.contains("empty"), "mailq: the queue is empty");
+
+    // bsd-mailx removed and installed again: outq is the MTA, no exim4.
+    ok("dpkg -r bsd-mailx", &dpkg_in(&sys, &["-r", "bsd-mailx"]));
+    let r = apt(&sys, &["install", "--no-install-recommends", "bsd-mailx"]);
+    ok("apt-get install bsd-mailx (outq as the MTA)", &r);
+    assert!(sys.installed("bsd-mailx") && sys.installed("outq"));
+    for exim in ["exim4-base", "exim4-daemon-light", "exim4-daemon-heavy"] {
+        assert!(!sys.installed(exim), "{exim} was pulled in: {}", r.stdout);
+    }
+    // (dpkg would refuse to remove the MTA bsd-mailx depends on.)
+    ok("dpkg -r bsd-mailx", &dpkg_in(&sys, &["-r", "bsd-mailx"]));
 
     // Remove: the queued mail, configuration, accounts and statoverride stay.
-    let r = submit(caller, HELPER, &["-f", "sender@example.org", "three@example.org"], "Subject: three\n\n3\n");
-    let third = r.queue_id();
-    ok("dpkg -r", &dpkg(&["-r", "outq"]));
-    for p in ["/usr/sbin/outq", HELPER, "/usr/sbin/outq-sendmail", "/usr/lib/systemd/system/outq.service"] {
-        assert!(std::fs::symlink_metadata(p).is_err(), "{p} is still there after dpkg -r");
+    let r = as_caller(&sys, caller, HELPER, &["-f", "sender@example.org", "five@example.org"], "Subject: five\n\n5\n");
+    let fifth = r.queue_id();
+    ok("dpkg -r", &dpkg_in(&sys, &["-r", "outq"]));
+    for p in ["/usr/sbin/outq", HELPER, "/usr/sbin/outq-sendmail", "/usr/sbin/sendmail", "/usr/bin/mailq"] {
+        assert!(std::fs::symlink_metadata(sys.path(p)).is_err(), "{p} is still there after dpkg -r");
     }
-    assert_eq!(listing(&format!("{SPOOL}/new")), vec![third.clone()], "dpkg -r keeps queued mail");
-    assert!(Path::new("/etc/outq/outq.conf").exists(), "dpkg -r keeps the configuration");
-    assert!(User::from_name("outq").unwrap().is_some() && Group::from_name("outqdrop").unwrap().is_some());
-    assert_eq!(statoverride(), "root outqdrop 2755 /usr/sbin/outq-enqueue", "dpkg -r keeps the statoverride");
-    if sendmail_before == "absent" {
-        assert_eq!(sendmail_now(), "absent", "dpkg -r withdraws the sendmail alternative");
-    } else if !sendmail_before.starts_with("link") {
-        assert_eq!(sendmail_now(), sendmail_before);
-    }
+    assert_eq!(listing_in(&sys, &format!("{SPOOL}/new")), vec![fifth], "dpkg -r keeps queued mail");
+    assert!(sys.path("/etc/outq/outq.conf").exists(), "dpkg -r keeps the configuration");
+    assert!(sys.uid("outq").is_some() && sys.gid("outqdrop").is_some(), "dpkg -r keeps the accounts");
+    assert_eq!(statoverride_in(&sys), "root outqdrop 2755 /usr/sbin/outq-enqueue", "dpkg -r keeps the statoverride");
 
-    // Purge: everything goes.
-    ok("dpkg -P", &dpkg(&["-P", "outq"]));
-    assert!(package_state().is_empty() || package_state().contains("not-installed"), "{}", package_state());
+    // Purge: no account, file or statoverride is left.
+    ok("dpkg -P", &dpkg_in(&sys, &["-P", "outq"]));
+    assert_eq!(sys.package_status("outq"), "", "dpkg forgets outq after a purge");
     for p in [SPOOL, "/etc/outq", "/etc/systemd/system/multi-user.target.wants/outq.service"] {
-        assert!(std::fs::symlink_metadata(p).is_err(), "{p} is still there after dpkg -P");
+        assert!(std::fs::symlink_metadata(sys.path(p)).is_err(), "{p} is still there after dpkg -P");
     }
-    assert!(User::from_name("outq").unwrap().is_none(), "dpkg -P removes the user outq");
-    assert!(Group::from_name("outq").unwrap().is_none(), "dpkg -P removes the group outq");
-    assert!(Group::from_name("outqdrop").unwrap().is_none(), "dpkg -P removes the group outqdrop");
-    assert_eq!(statoverride(), "", "dpkg -P removes the statoverride");
-    if !sendmail_before.starts_with("link") {
-        assert_eq!(sendmail_now(), sendmail_before, "/usr/sbin/sendmail is as it was before the package");
+    assert!(sys.uid("outq").is_none(), "dpkg -P removes the user outq");
+    assert!(sys.gid("outq").is_none() && sys.gid("outqdrop").is_none(), "dpkg -P removes the groups");
+    assert_eq!(statoverride_in(&sys), "", "dpkg -P removes the statoverride");
+
+    // This machine's own package state did not change.
+    drop(sys);
+    let now = Command::new("dpkg-query").args(["-W", "-f=${Status}", "postfix"]).output().unwrap().stdout;
+    assert_eq!(now, host_postfix, "the host's Postfix is as it was");
+    let _ = writeln!(std::io::stderr(), "{test}: {:.1}s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn the_debian_package_is_lintian_clean() {
+    let test = "the_debian_package_is_lintian_clean";
+    if !tool(test, "lintian", &["--version"]) {
+        return;
+    }
+    let Some(deb) = package(test) else { return };
+    let mut c = Command::new("lintian");
+    c.args(["--fail-on", "error,warning", "--tag-display-limit", "0"]).arg(&deb);
+    let r = run(c);
+    let bad: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("E:") || l.starts_with("W:")).collect();
+    assert!(bad.is_empty() && r.code == Some(0), "lintian: {bad:?}\n{}{}", r.stdout, r.stderr);
+    // Each override carries its reason.
+    let overrides = read(&top().join("install/debian/lintian-overrides"));
+    let mut comment = false;
+    for line in overrides.lines() {
+        if line.starts_with('#') {
+            comment = true;
+        } else if !line.trim().is_empty() {
+            assert!(comment, "lintian override {line:?} has no reason above it");
+            comment = false;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The RPM, built with rpmbuild from the spec and the built programs. It is
+// not installed (this is not a Fedora system): its files, modes, owners,
+// flags and scriptlets are read back with rpm -qp.
+
+/// One line of `rpm -qp --dump`.
+#[derive(Debug)]
+struct Dumped {
+    path: String,
+    digest: String,
+    mode: u32,
+    owner: String,
+    group: String,
+    config: bool,
+}
+
+fn rpm_query(rpm: &Path, args: &[&str]) -> String {
+    let mut c = Command::new("rpm");
+    c.arg("-qp").args(args).arg(rpm);
+    let r = run(c);
+    ok(&format!("rpm -qp {}", args.join(" ")), &r);
+    r.stdout
+}
+
+fn sha256(p: &Path) -> String {
+    let mut c = Command::new("sha256sum");
+    c.arg(p);
+    run(c).stdout.split_whitespace().next().unwrap().to_owned()
+}
+
+#[test]
+fn the_rpm_builds_with_exact_modes_owners_flags_and_scriptlets() {
+    let test = "the_rpm_builds_with_exact_modes_owners_flags_and_scriptlets";
+    if !tool(test, "rpmbuild", &["--version"]) || !tool(test, "rpm", &["--version"]) {
+        return;
+    }
+    // The release programs when they are built (CI builds them for the
+    // .deb), else the test build's: the spec packages what it is given.
+    let debug = bin("outq").parent().unwrap().to_path_buf();
+    let release = debug.parent().unwrap().join("release");
+    let bindir = if ["outq", "outq-enqueue", "outq-sendmail"].iter().all(|p| release.join(p).is_file()) {
+        release
+    } else {
+        debug
+    };
+    let out = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let mut c = Command::new("/bin/sh");
+    c.arg(top().join("install/rpm/build.sh")).arg(out.path()).env("BINDIR", &bindir);
+    ok("install/rpm/build.sh", &run(c));
+    let _ = writeln!(std::io::stderr(), "rpmbuild: {:.1}s", started.elapsed().as_secs_f64());
+    let arch_dir = std::fs::read_dir(out.path()).unwrap().next().unwrap().unwrap().path();
+    let rpm = std::fs::read_dir(&arch_dir).unwrap().next().unwrap().unwrap().path();
+
+    let dump: Vec<Dumped> = rpm_query(&rpm, &["--dump"])
+        .lines()
+        .filter(|l| !l.starts_with("/usr/lib/.build-id"))
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            assert!(f.len() >= 11, "dump line {l:?}");
+            Dumped {
+                path: f[0].into(),
+                digest: f[3].into(),
+                mode: u32::from_str_radix(f[4], 8).unwrap(),
+                owner: f[5].into(),
+                group: f[6].into(),
+                config: f[7] == "1",
+            }
+        })
+        .collect();
+    let get = |p: &str| dump.iter().find(|d| d.path == p).unwrap_or_else(|| panic!("{p} is not in the rpm: {dump:?}"));
+    let is = |p: &str, mode: u32, owner: &str, group: &str| {
+        let d = get(p);
+        assert_eq!((d.mode, d.owner.as_str(), d.group.as_str()), (mode, owner, group), "{p}");
+    };
+    is(HELPER, 0o102755, "root", "outqdrop");
+    is("/usr/sbin/outq", 0o100755, "root", "root");
+    is("/usr/sbin/outq-sendmail", 0o100755, "root", "root");
+    is("/etc/outq", 0o40755, "root", "root");
+    is("/etc/outq/outq.conf", 0o100644, "root", "root");
+    assert!(get("/etc/outq/outq.conf").config, "outq.conf is %config");
+    for (path, source) in [
+        ("/etc/outq/outq.conf", "install/outq.conf.example"),
+        ("/usr/lib/systemd/system/outq.service", "install/systemd/outq.service"),
+        ("/usr/lib/sysusers.d/outq.conf", "install/systemd/outq.sysusers"),
+        ("/usr/lib/tmpfiles.d/outq.conf", "install/systemd/outq.tmpfiles"),
+    ] {
+        is(path, 0o100644, "root", "root");
+        assert_eq!(get(path).digest, sha256(&top().join(source)), "{path} is {source}");
+    }
+    for page in man_pages() {
+        let section = page.rsplit('.').next().unwrap();
+        is(&format!("/usr/share/man/man{section}/{page}.gz"), 0o100644, "root", "root");
+    }
+    // Nothing else is privileged: one set-group-ID file, no set-user-ID,
+    // nothing writable by group or others, every other file root's.
+    for d in &dump {
+        assert_eq!(d.mode & 0o4000, 0, "{} is set-user-ID", d.path);
+        assert!(d.mode & 0o2000 == 0 || d.path == HELPER, "{} is set-group-ID", d.path);
+        assert_eq!(d.mode & 0o022, 0, "{} is writable by group or others", d.path);
+        assert!(d.owner == "root" && (d.group == "root" || d.path == HELPER), "{} is {}:{}", d.path, d.owner, d.group);
+    }
+    // Flags: the configuration noreplace; the alternative's names ghosts.
+    let flags = rpm_query(&rpm, &["--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]"]);
+    let flag = |p: &str| flags.lines().find_map(|l| l.strip_suffix(&format!(" {p}"))).unwrap_or("?").to_owned();
+    assert_eq!(flag("/etc/outq/outq.conf"), "cn", "%config(noreplace)");
+    for ghost in ["/usr/sbin/sendmail", "/usr/lib/sendmail", "/usr/bin/mailq", "/usr/bin/newaliases"] {
+        assert_eq!(flag(ghost), "g", "{ghost} is a %ghost managed by alternatives");
+    }
+    let provides = rpm_query(&rpm, &["--provides"]);
+    assert!(provides.lines().any(|l| l == "MTA") && provides.lines().any(|l| l == "/usr/sbin/sendmail"), "{provides}");
+
+    // Scriptlets: accounts before the files, the service, the alternative.
+    let scripts = rpm_query(&rpm, &["--scripts"]);
+    let part = |name: &str| -> String {
+        let start = scripts.find(&format!("{name} scriptlet")).unwrap_or_else(|| panic!("no {name}: {scripts}"));
+        let rest = &scripts[start..];
+        let body = rest.split_once('\n').map(|(_, b)| b).unwrap_or("");
+        body.split(" scriptlet (using").next().unwrap_or("").to_owned()
+    };
+    let pre = part("preinstall");
+    assert!(pre.contains("outqdrop") && pre.contains("outq"), "%pre creates the accounts: {pre}");
+    let post = part("postinstall");
+    for want in [
+        "alternatives --install /usr/sbin/sendmail mta /usr/sbin/outq-sendmail",
+        "--slave /usr/lib/sendmail mta-sendmail /usr/sbin/outq-sendmail",
+        "--slave /usr/bin/mailq mta-mailq /usr/sbin/outq-sendmail",
+        "--slave /usr/bin/newaliases mta-newaliases /usr/sbin/outq-sendmail",
+        "outq.service",
+        "/usr/sbin/outq init",
+    ] {
+        assert!(post.contains(want), "%post lacks {want:?}: {post}");
+    }
+    let preun = part("preuninstall");
+    assert!(
+        preun.contains("$1 -eq 0") && preun.contains("alternatives --remove mta /usr/sbin/outq-sendmail"),
+        "{preun}"
+    );
+    assert!(part("postuninstall").contains("outq.service"), "%postun restarts the service on upgrade");
+    // Every scriptlet is valid shell.
+    for tag in ["PREIN", "POSTIN", "PREUN", "POSTUN"] {
+        let body = rpm_query(&rpm, &["--qf", &format!("%{{{tag}}}")]);
+        let mut c = Command::new("/bin/sh");
+        c.args(["-n", "-c", &body]);
+        ok(&format!("sh -n of the {tag} scriptlet"), &run(c));
     }
 }

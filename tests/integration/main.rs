@@ -23,6 +23,8 @@ mod powercut;
 mod privileged;
 mod runner;
 mod sendmail;
+mod setup;
 mod smtp;
 mod soak;
 mod support;
+mod sysroot;
