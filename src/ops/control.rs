@@ -22,7 +22,6 @@ use super::inventory::{self};
 use crate::error::Error;
 use crate::queue::state::{RcptStatus, State};
 use crate::queue::store::{Moves, Queue, Request, Store, now};
-use crate::runner::recover::QUARANTINED;
 use outq_spool::address::Mailbox;
 
 /// What to do.
@@ -152,20 +151,11 @@ fn fresh(store: &Store, q: Queue, id: &str, limits: &outq_spool::entry::Limits) 
 
 /// Before a corrupt entry goes back to pickup: a state file that cannot
 /// be read is removed (pickup starts afresh, every recipient pending; a
-/// readable one keeps its delivery record), and the quarantine reason is
-/// cleared. Returns a note for the operator.
+/// readable one keeps its delivery record, reconciled at pickup). Returns
+/// a note for the operator.
 fn settle_corrupt_state(store: &Store, id: &str) -> Result<String, nix::errno::Errno> {
     match store.read_state(id) {
-        Ok(None) => Ok(String::new()),
-        Ok(Some(mut st)) => {
-            if st.recipients.is_empty() {
-                store.remove_state(id)?;
-            } else if st.last_error.starts_with(QUARANTINED) {
-                st.last_error.clear();
-                store.write_state(id, &st)?;
-            }
-            Ok(String::new())
-        }
+        Ok(_) => Ok(String::new()),
         Err(why) => {
             store.remove_state(id)?;
             crate::logging::warning(&format!("{}: removed unreadable state ({why}) on requeue", escape(id.as_bytes())));

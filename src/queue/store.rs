@@ -355,6 +355,11 @@ impl Store {
             .map(|st| u64::try_from(st.st_ctime).unwrap_or(0))
     }
 
+    /// When a state file was last changed (ctime: seconds, nanoseconds).
+    pub fn state_changed(&self, name: &str) -> Option<(i64, i64)> {
+        fstatat(self.state.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).ok().map(|st| (st.st_ctime, st.st_ctime_nsec))
+    }
+
     /// Replace the state of `id` durably: temporary file, mtime set to the
     /// next attempt, fsync, rename, fsync of `state/`.
     pub fn write_state(&self, id: &str, state: &State) -> Result<(), Errno> {

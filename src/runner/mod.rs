@@ -56,8 +56,8 @@ use crate::error::Error;
 use crate::logging;
 use crate::queue::state::State;
 use crate::queue::store::{Moves, Queue, Store, now};
-use outq_spool::log::escape;
 use crate::queue::validate::{self, Loaded};
+use outq_spool::log::escape;
 
 /// What every worker needs, replaced as a whole on SIGHUP.
 #[derive(Debug)]
@@ -266,9 +266,7 @@ impl Runner {
     /// again where they are, at every full pass.
     fn retry_stuck(&mut self, queued: &HashSet<String>) {
         let mut stuck: Vec<String> = self.store.list(Queue::Active).unwrap_or_default();
-        stuck.retain(|n| {
-            !queued.contains(n) && QueueId::parse(n).is_none_or(|id| !self.in_flight.contains(&id))
-        });
+        stuck.retain(|n| !queued.contains(n) && QueueId::parse(n).is_none_or(|id| !self.in_flight.contains(&id)));
         stuck.sort();
         for name in stuck {
             logging::info(&format!("{}: left in active/ by an earlier attempt; retried", escape(name.as_bytes())));

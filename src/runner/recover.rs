@@ -25,6 +25,8 @@ Every removal is logged with its reason. Every move is durable
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use outq_spool::entry::Limits;
@@ -36,11 +38,17 @@ use crate::queue::store::{Queue, Store, now};
 use crate::queue::validate;
 use crate::runner::Settings;
 
+/// When this runner started (its recovery of `active/`): a state file
+/// last written before that and whose entry is nowhere was left by a
+/// crash, not by a command still at work.
+static STARTED: OnceLock<SystemTime> = OnceLock::new();
+
 /// Recoveries after which an entry is held instead of retried.
 pub const MAX_RECOVERIES: u32 = 3;
 
 /// Recover `active/`. Returns how many entries were moved.
 pub fn recover_active(store: &Store, s: &Settings) -> usize {
+    let _ = STARTED.set(SystemTime::now());
     resolve_double_names(store);
     let booted = boot_time();
     let names = store.list(Queue::Active).unwrap_or_default();
@@ -51,9 +59,7 @@ pub fn recover_active(store: &Store, s: &Settings) -> usize {
             continue;
         }
         // Entered active/ (rename sets the ctime) before this boot?
-        let rebooted = store
-            .stat(Queue::Active, &name)
-            .is_ok_and(|st| booted.is_some_and(|b| u64::try_from(st.st_ctime).unwrap_or(0) < b));
+        let rebooted = store.stat(Queue::Active, &name).is_ok_and(|st| before_boot(st.st_ctime, booted));
         let Some(entry) = super::load(store, s, Queue::Active, &name) else { continue };
         let mut state = store.entry_state(&name, &entry.parsed.header.recipients);
         match store.take_request(&name) {
@@ -76,8 +82,8 @@ pub fn recover_active(store: &Store, s: &Settings) -> usize {
         let to = next_place(&mut state);
         if store.write_state(&name, &state).is_ok() && store.rename_durably(Queue::Active, to, &name).is_ok() {
             moved += 1;
-            let why = if rebooted { "a reboot" } else { "a runner that stopped" };
-            logging::info(&format!("{name}: recovered from a delivery interrupted by {why}, moved to {}/", to.name()));
+            let why = if rebooted { " (cut short by a reboot: not counted)" } else { "" };
+            logging::info(&format!("{name}: recovered from an interrupted delivery{why}, moved to {}/", to.name()));
         } else {
             logging::warning(&format!("{name}: cannot recover from active/; tried again at the next queue run"));
         }
@@ -101,6 +107,14 @@ fn next_place(state: &mut State) -> Queue {
     } else {
         Queue::Deferred
     }
+}
+
+/// Whether a change at `ctime` happened before the boot at `booted`. The
+/// interruption count of a recovered entry grows only when it did not: a
+/// runner that died while the system ran, perhaps because of this very
+/// message. An unknown boot time counts every interruption.
+fn before_boot(ctime: i64, booted: Option<u64>) -> bool {
+    booted.is_some_and(|b| u64::try_from(ctime).is_ok_and(|c| c < b))
 }
 
 /// When this system booted (seconds since the epoch), from `/proc/stat`.
@@ -178,26 +192,18 @@ pub fn resolve_double_names(store: &Store) {
     }
 }
 
-/// Move a bad file to `corrupt/` and say why: in the log, and in the
-/// state file of its new name (its `last_error`), where `outq list` shows
-/// it. A delivery record the state already holds is kept.
+/// Move a bad file to `corrupt/` and say why.
 pub fn quarantine(store: &Store, from: Queue, name: &str, why: &str) {
     let shown = escape(name.as_bytes());
     match store.quarantine(from, name) {
-        Ok(to) => {
-            logging::warning(&format!("{shown}: moved from {}/ to corrupt/{}: {why}", from.name(), escape(to.as_bytes())));
-            if outq_spool::queue_id::QueueId::parse(name).is_some() {
-                let mut st = store.read_state(&to).ok().flatten().unwrap_or_else(|| State::fresh(&[]));
-                st.last_error = format!("{QUARANTINED}{why}");
-                let _ = store.write_state(&to, &st);
-            }
-        }
+        Ok(to) => logging::warning(&format!(
+            "{shown}: moved from {}/ to corrupt/{}: {why}",
+            from.name(),
+            escape(to.as_bytes())
+        )),
         Err(e) => logging::warning(&format!("{shown}: cannot quarantine ({}): {why}", e.desc())),
     }
 }
-
-/// How the reason of a quarantine starts in a state's `last_error`.
-pub const QUARANTINED: &str = "quarantined: ";
 
 /// Resolve interrupted renames, recover stranded entries from `tmp/`,
 /// remove old uncommitted files, old failures and orphan state files.
@@ -246,7 +252,9 @@ pub fn sweep(store: &Store, s: &Settings) {
         // listed. Every such move writes the state first, so a state file
         // changed within the hour is never taken for an orphan; and the
         // entry is looked for again just before removing.
-        let orphan = !present.contains(entry_name) && old_state(store, &name, t) && !exists_anywhere(store, entry_name);
+        let orphan = !present.contains(entry_name)
+            && (old_state(store, &name, t) || written_before_start(store, &name))
+            && !exists_anywhere(store, entry_name);
         if orphan && store.remove_state(&name).is_ok() {
             logging::info(&format!("{}: removed orphan state file", outq_spool::log::escape(name.as_bytes())));
         }
@@ -299,8 +307,8 @@ fn sweep_tmp_file(store: &Store, s: &Settings, name: &str, t: u64) {
             }
         }
         TmpFile::Committed => {
-            let before_boot = boot_time().is_some_and(|b| changed < b);
-            if !before_boot && age <= TMP_COMMITTED_GRACE {
+            let stranded = before_boot(st.st_mtime, boot_time());
+            if !stranded && age <= TMP_COMMITTED_GRACE {
                 return;
             }
             match store.rename_durably(Queue::Tmp, Queue::New, name) {
@@ -319,15 +327,61 @@ fn sweep_tmp_file(store: &Store, s: &Settings, name: &str, t: u64) {
     }
 }
 
-/// Whether an entry named `name` is in any queue right now.
+/// Whether an entry named `name` is in any queue right now. The queues
+/// are looked at twice, in opposite orders: an entry moved once while
+/// they are looked at is found by the second look.
 fn exists_anywhere(store: &Store, name: &str) -> bool {
-    [Queue::New, Queue::Corrupt, Queue::Failed, Queue::Hold, Queue::Deferred, Queue::Active]
-        .iter()
-        .any(|&q| store.stat(q, name).is_ok())
+    let order = [Queue::New, Queue::Corrupt, Queue::Failed, Queue::Hold, Queue::Deferred, Queue::Active];
+    order.iter().any(|&q| store.stat(q, name).is_ok()) || order.iter().rev().any(|&q| store.stat(q, name).is_ok())
+}
+
+/// Whether a state file was last changed before this runner started.
+fn written_before_start(store: &Store, name: &str) -> bool {
+    let Some(start) = STARTED.get() else { return false };
+    store.state_changed(name).is_some_and(|(sec, nsec)| {
+        let at = UNIX_EPOCH + Duration::new(u64::try_from(sec).unwrap_or(0), u32::try_from(nsec).unwrap_or(0));
+        at < *start
+    })
 }
 
 /// Whether a state file was last written more than an hour ago. Its ctime
 /// says when (its mtime is the next attempt, which may be any time).
 fn old_state(store: &Store, name: &str, now: u64) -> bool {
     store.state_ctime(name).is_some_and(|c| now.saturating_sub(c) > 3600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_interruptions_within_this_boot_count() {
+        assert!(before_boot(99, Some(100)));
+        assert!(!before_boot(100, Some(100)));
+        assert!(!before_boot(150, Some(100)));
+        assert!(!before_boot(-1, Some(100)));
+        assert!(!before_boot(50, None));
+        assert!(boot_time().is_some_and(|b| b <= now()));
+    }
+
+    #[test]
+    fn the_later_stage_of_a_half_done_rename_is_kept() {
+        assert!(stage(Queue::Tmp) < stage(Queue::New));
+        assert!(stage(Queue::New) < stage(Queue::Active));
+        assert!(stage(Queue::Active) < stage(Queue::Corrupt));
+        assert_eq!(stage(Queue::Hold), None);
+    }
+
+    #[test]
+    fn recovery_holds_at_the_limit_and_keeps_the_reason_in_step() {
+        let mut st = State::fresh(&[]);
+        st.recoveries = MAX_RECOVERIES - 1;
+        assert_eq!(next_place(&mut st), Queue::Deferred);
+        st.recoveries = MAX_RECOVERIES;
+        assert_eq!(next_place(&mut st), Queue::Hold);
+        assert_eq!(st.hold.as_deref(), Some("interrupted delivery 3 times"));
+        st.recoveries = 4;
+        assert_eq!(next_place(&mut st), Queue::Hold);
+        assert_eq!(st.hold.as_deref(), Some("interrupted delivery 4 times"));
+    }
 }

@@ -56,7 +56,7 @@ const QUEUES: [&str; 8] = ["tmp", "new", "active", "deferred", "hold", "failed",
 // The server
 
 /// What the server does about one command while faulty.
-enum Act {
+pub(crate) enum Act {
     /// Send these reply lines (CRLF-separated; the last CRLF is added).
     Reply(String),
     /// Drop the connection without a word.
@@ -69,10 +69,10 @@ enum Act {
 
 /// Consulted, while the server is faulty, for every command line (without
 /// CRLF), for the greeting as `GREETING` and for the end of the data as `.`.
-type Script = Arc<dyn Fn(&str) -> Act + Send + Sync>;
+pub(crate) type Script = Arc<dyn Fn(&str) -> Act + Send + Sync>;
 
 #[derive(Clone)]
-struct Opts {
+pub(crate) struct Opts {
     /// EHLO keywords after the host name (STARTTLS hidden once TLS is up).
     extensions: Vec<String>,
     tls: Option<Arc<ServerConfig>>,
@@ -82,7 +82,7 @@ struct Opts {
     auth: Option<(String, String)>,
     /// While faulty: drop the connection after this many bytes of data.
     close_in_data_after: Option<usize>,
-    script: Script,
+    pub(crate) script: Script,
 }
 
 impl Default for Opts {
@@ -100,8 +100,8 @@ impl Default for Opts {
 
 /// One connection.
 #[derive(Debug, Clone, Default)]
-struct Conversation {
-    commands: Vec<String>,
+pub(crate) struct Conversation {
+    pub(crate) commands: Vec<String>,
     tls: bool,
     authenticated: bool,
 }
@@ -109,9 +109,9 @@ struct Conversation {
 /// One transaction the server accepted: it answered 2xx to the end of the
 /// data, for these recipients (those it answered 2xx to RCPT).
 #[derive(Debug, Clone)]
-struct Accepted {
+pub(crate) struct Accepted {
     sender: String,
-    rcpts: Vec<String>,
+    pub(crate) rcpts: Vec<String>,
     data: Vec<u8>,
     tls: bool,
 }
@@ -122,7 +122,7 @@ struct Record {
     accepted: Vec<Accepted>,
 }
 
-struct Server {
+pub(crate) struct Server {
     addr: SocketAddr,
     healed: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -130,7 +130,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(opts: Opts) -> Server {
+    pub(crate) fn start(opts: Opts) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let healed = Arc::new(AtomicBool::new(false));
@@ -159,11 +159,11 @@ impl Server {
     }
 
     /// From now on, behave: the script is no longer consulted.
-    fn heal(&self) {
+    pub(crate) fn heal(&self) {
         self.healed.store(true, Ordering::SeqCst);
     }
 
-    fn relay(&self) -> String {
+    pub(crate) fn relay(&self) -> String {
         format!("smtp://127.0.0.1:{}", self.addr.port())
     }
 
@@ -172,11 +172,11 @@ impl Server {
         format!("127.0.0.1[127.0.0.1]:{}", self.addr.port())
     }
 
-    fn conversations(&self) -> Vec<Conversation> {
+    pub(crate) fn conversations(&self) -> Vec<Conversation> {
         self.record.lock().unwrap().conversations.clone()
     }
 
-    fn accepted(&self) -> Vec<Accepted> {
+    pub(crate) fn accepted(&self) -> Vec<Accepted> {
         self.record.lock().unwrap().accepted.clone()
     }
 }
@@ -452,19 +452,19 @@ fn pki() -> (String, Arc<ServerConfig>) {
 
 /// A private spool made by `outq init`, owned by the account that runs
 /// the runner: the current user, or `nobody` when we are root.
-struct Dev {
+pub(crate) struct Dev {
     dir: tempfile::TempDir,
     bin: PathBuf,
     work: PathBuf,
-    spool: PathBuf,
-    config: PathBuf,
+    pub(crate) spool: PathBuf,
+    pub(crate) config: PathBuf,
     as_nobody: bool,
     uid: u32,
     gid: u32,
 }
 
 impl Dev {
-    fn new() -> Dev {
+    pub(crate) fn new() -> Dev {
         let dir = tempfile::Builder::new().prefix("oqt-faults-").tempdir_in("/tmp").unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let as_nobody = nix::unistd::geteuid().is_root();
@@ -500,7 +500,7 @@ impl Dev {
 
     /// The configuration: `relay`, short timeouts, one connection, no
     /// STARTTLS unless `settings` say otherwise.
-    fn configure(&self, relay: &str, settings: &[(&str, &str)]) {
+    pub(crate) fn configure(&self, relay: &str, settings: &[(&str, &str)]) {
         let mut keys: BTreeMap<&str, String> = [
             ("spool_min_free", "0"),
             ("myhostname", MYHOSTNAME),
@@ -522,7 +522,7 @@ impl Dev {
         std::fs::set_permissions(&self.config, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
 
-    fn own(&self, path: &Path) {
+    pub(crate) fn own(&self, path: &Path) {
         if self.as_nobody {
             std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid)).unwrap();
         }
@@ -546,7 +546,7 @@ impl Dev {
     }
 
     /// A program from `bin/`, run as the runner's account.
-    fn cmd(&self, program: &str) -> Command {
+    pub(crate) fn cmd(&self, program: &str) -> Command {
         let path = self.bin.join(program);
         let mut c = if self.as_nobody {
             let mut c = Command::new("/usr/bin/setpriv");
@@ -564,7 +564,7 @@ impl Dev {
     }
 
     #[track_caller]
-    fn submit(&self, rcpts: &[String], body: &[u8]) -> String {
+    pub(crate) fn submit(&self, rcpts: &[String], body: &[u8]) -> String {
         let mut c = self.cmd("outq-enqueue");
         c.arg("--spool").arg(&self.spool).arg("--config").arg(&self.config);
         c.args(["-f", SENDER]).args(rcpts);
@@ -573,7 +573,7 @@ impl Dev {
 
     /// `outq run --once`, which must succeed; its log and how long it took.
     #[track_caller]
-    fn run_once(&self) -> (String, Duration) {
+    pub(crate) fn run_once(&self) -> (String, Duration) {
         let mut c = self.cmd("outq");
         c.arg("run").arg("--once").arg("--spool").arg(&self.spool).arg("--config").arg(&self.config);
         c.args(["--log", "stderr"]);
@@ -584,17 +584,17 @@ impl Dev {
         (r.stderr, took)
     }
 
-    fn names(&self, q: &str) -> Vec<String> {
+    pub(crate) fn names(&self, q: &str) -> Vec<String> {
         list(&self.spool.join(q))
     }
 
-    fn state(&self, id: &str) -> Option<String> {
+    pub(crate) fn state(&self, id: &str) -> Option<String> {
         std::fs::read_to_string(self.spool.join("state").join(id)).ok()
     }
 
     /// Make a deferred entry due: its state file's mtime is its next
     /// attempt (what `touch -d '1 hour ago' state/ID` does).
-    fn make_due(&self, id: &str) {
+    pub(crate) fn make_due(&self, id: &str) {
         let p = self.spool.join("state").join(id);
         if p.exists() {
             let past = SystemTime::now() - Duration::from_secs(3600);

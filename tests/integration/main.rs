@@ -13,6 +13,7 @@ outq's integration tests: one binary that runs the real programs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod bounce;
+mod crash;
 mod docs;
 mod e2e;
 mod enqueue;
