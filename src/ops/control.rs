@@ -66,6 +66,8 @@ pub fn flush(store: &Store, ids: &[String]) -> Result<usize, Error> {
             Err(e) => return Err(fail(id, "make it due", e)),
         }
     }
+    // Said done only once the new times are on disk.
+    store.sync_states().map_err(|e| fail("state/", "flush the new times", e))?;
     wake_runner(store);
     Ok(n)
 }

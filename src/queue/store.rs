@@ -9,8 +9,9 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::dir::Dir;
@@ -124,6 +125,10 @@ pub struct Store {
     /// One group commit per queue directory (index as `dirs`), and the
     /// last one for `state/`.
     syncs: Vec<DirSync>,
+    /// Delivered entries removed from `active/` whose removal is not yet
+    /// known to be durable (their state files wait for it), with tickets.
+    delivered: Mutex<Vec<(String, u64)>>,
+    delivered_added: Condvar,
     /// The helper's group: every entry in `new/` must have it.
     pub drop_gid: Gid,
 }
@@ -174,7 +179,16 @@ impl Store {
         let state = open_dir(layout::STATE)?;
         let drop_gid = drop_gid.ok_or_else(|| Error::temp("spool has no new/ directory", "run 'outq init'"))?;
         let syncs = (0..=Queue::ALL.len()).map(|_| DirSync::default()).collect();
-        Ok(Store { root: root.to_path_buf(), root_fd, dirs, state, syncs, drop_gid })
+        Ok(Store {
+            root: root.to_path_buf(),
+            root_fd,
+            dirs,
+            state,
+            syncs,
+            delivered: Mutex::new(Vec::new()),
+            delivered_added: Condvar::new(),
+            drop_gid,
+        })
     }
 
     pub fn root_fd(&self) -> &OwnedFd {
@@ -253,6 +267,42 @@ impl Store {
         let mut moves = Moves::new(self);
         moves.unlink(q, name)?;
         moves.commit()
+    }
+
+    /// Remove a delivered entry from `active/`. Its state file stays until
+    /// [`Store::settle_delivered`] has made the removal durable: were the
+    /// state removed first, or its removal reach the disk first, a crash
+    /// would leave an entry with no record of its delivery, sent again in
+    /// full.
+    pub fn remove_delivered(&self, id: &str) -> Result<(), Errno> {
+        self.unlink(Queue::Active, id)?;
+        let ticket = self.changed(Some(Queue::Active));
+        self.delivered.lock().unwrap_or_else(|p| p.into_inner()).push((id.to_owned(), ticket));
+        self.delivered_added.notify_one();
+        Ok(())
+    }
+
+    /// Make the removals of delivered entries durable, all with one
+    /// `fsync` of `active/`, then remove their state files. Waits up to
+    /// `wait` for one to arrive; returns the IDs settled. Removals made
+    /// while one `fsync` runs are all settled by the next, so the batch
+    /// grows with the rate of deliveries and adds no delay.
+    pub fn settle_delivered(&self, wait: Duration) -> Result<Vec<String>, Errno> {
+        let mut pending = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.is_empty() && !wait.is_zero() {
+            pending =
+                self.delivered_added.wait_timeout(pending, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        }
+        let batch = std::mem::take(&mut *pending);
+        drop(pending);
+        let Some(ticket) = batch.iter().map(|(_, t)| *t).max() else { return Ok(Vec::new()) };
+        self.sync_dir(Some(Queue::Active), ticket)?;
+        let mut done = Vec::with_capacity(batch.len());
+        for (id, _) in batch {
+            let _ = self.remove_state(&id);
+            done.push(id);
+        }
+        Ok(done)
     }
 
     /// Wait until the changes of directory `dir` (`None`: `state/`) up to
@@ -396,13 +446,19 @@ impl Store {
         self.sync_dir(None, ticket)
     }
 
-    /// Set the next attempt of `id` to `when` (mtime only; `outq flush`),
-    /// durably.
+    /// Set the next attempt of `id` to `when` (mtime only; `outq flush`).
+    /// Not yet durable: see [`Store::sync_states`].
     pub fn set_due(&self, id: &str, when: u64) -> Result<(), Errno> {
         let fd = openat(self.state.as_fd(), id, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
         let t = TimeSpec::new(i64::try_from(when).unwrap_or(i64::MAX), 0);
-        futimens(fd.as_fd(), &t, &t)?;
-        fsync(fd.as_fd())
+        futimens(fd.as_fd(), &t, &t)
+    }
+
+    /// Make every change to state files durable at once (`syncfs` of the
+    /// spool's file system: one call however many files `outq flush`
+    /// touched).
+    pub fn sync_states(&self) -> Result<(), Errno> {
+        nix::unistd::syncfs(self.state.as_fd())
     }
 
     /// Record an operator's request for an entry in `active/`, durably.

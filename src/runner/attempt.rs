@@ -190,21 +190,17 @@ fn finish(store: &Store, s: &Settings, entry: &Loaded, mut state: State) -> Disp
     disposition
 }
 
-/// Remove a delivered entry. The entry goes first, and its removal is made
-/// durable (shared with other workers' removals) before its state file
-/// goes: were the state removed first, or its removal reach the disk
-/// first, a crash would leave an entry with no record of its delivery,
-/// sent again in full. The duplicate window is from the relay's
-/// acceptance to this `fsync`.
+/// Remove a delivered entry. The entry goes first; its state file goes
+/// once the removal is durable, batched with other removals by the
+/// runner's settling thread (see `Store::settle_delivered`). The duplicate
+/// window is from the relay's acceptance to that `fsync`.
 fn remove_delivered(store: &Store, id: &str, state: &State) -> Disposition {
-    if let Err(e) = store.unlink_durably(Queue::Active, id) {
+    if let Err(e) = store.remove_delivered(id) {
         logging::warning(&format!("{id}: cannot remove delivered entry: {}", e.desc()));
         // The name may still be there: record that every recipient was
         // sent, so that taking it again sends nothing.
         let _ = store.write_state(id, state);
         return Disposition::Stuck;
     }
-    let _ = store.remove_state(id);
-    logging::info(&format!("{id}: removed (delivered)"));
     Disposition::Delivered
 }

@@ -189,6 +189,8 @@ struct Runner {
     workers: Vec<JoinHandle<()>>,
     in_flight: HashSet<QueueId>,
     ready: VecDeque<(Queue, String)>,
+    /// The thread that makes delivered entries' removals durable.
+    settler: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
 
 impl Runner {
@@ -208,7 +210,14 @@ impl Runner {
                 .map_err(|e| Error::temp(format!("cannot start a delivery thread: {e}"), "check memory limits"))?;
             workers.push(handle);
         }
+        let done = Arc::new(AtomicBool::new(false));
+        let (st, flag) = (store.clone(), done.clone());
+        let settler = std::thread::Builder::new()
+            .name("settle-removals".into())
+            .spawn(move || settle_removals(&st, &flag))
+            .map_err(|e| Error::temp(format!("cannot start a thread: {e}"), "check memory limits"))?;
         Ok(Runner {
+            settler: Some((done, settler)),
             store,
             settings,
             jobs: Some(jobs_tx),
@@ -467,6 +476,36 @@ impl Runner {
                 "{} attempt(s) still running at shutdown; they will be recovered",
                 self.in_flight.len()
             ));
+        }
+        if let Some((done, handle)) = self.settler.take() {
+            done.store(true, Ordering::SeqCst);
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Settle delivered entries' removals until `done`, then the last ones.
+fn settle_removals(store: &Store, done: &AtomicBool) {
+    loop {
+        let last = done.load(Ordering::SeqCst);
+        let wait = if last { Duration::ZERO } else { Duration::from_millis(200) };
+        match store.settle_delivered(wait) {
+            Ok(ids) => {
+                for id in &ids {
+                    logging::info(&format!("{id}: removed (delivered)"));
+                }
+                if last && ids.is_empty() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // The state files stay (removed later as orphans); the
+                // entries are gone unless the disk lost their removal.
+                logging::warning(&format!("cannot make removals of delivered entries durable: {}", e.desc()));
+                if last {
+                    return;
+                }
+            }
         }
     }
 }

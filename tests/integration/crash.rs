@@ -442,3 +442,32 @@ fn crash_entry_stuck_in_active_is_retried_at_the_next_queue_run() {
 fn server_saw_rcpt(server: &Server) -> bool {
     server.conversations().iter().any(|c| c.commands.iter().any(|l| l.starts_with("RCPT")))
 }
+
+#[test]
+fn crash_state_left_after_a_delivered_entry_is_removed_with_a_reason() {
+    // The entry's removal reached the disk, the state's removal did not.
+    let (dev, server, id) = setup(&[A]);
+    std::fs::remove_file(path(&dev, "new", &id)).unwrap();
+    write_state(&dev, &id, state_text(&[(A, "pending")], None).as_bytes());
+    let (log, _) = dev.run_once();
+    assert!(log.contains(&format!("{id}: removed orphan state file")), "{log}");
+    assert!(accepted(&server).is_empty());
+    assert_gone(&dev, &id);
+}
+
+#[test]
+fn crash_committed_entry_in_tmp_whose_id_is_taken_in_new_is_quarantined() {
+    // Not the same file: two different entries under one queue ID.
+    let (dev, server, id) = setup(&[A]);
+    let other = dev.spool.join("other");
+    let ok = std::process::Command::new("cp").arg("-a").arg(path(&dev, "new", &id)).arg(&other).status().unwrap();
+    assert!(ok.success());
+    std::fs::rename(&other, path(&dev, "tmp", &id)).unwrap();
+    set_old(&path(&dev, "tmp", &id));
+    let (log, _) = dev.run_once();
+    assert!(log.contains("whose ID is taken in new/"), "{log}");
+    assert_eq!(accepted(&server), counts(&[(A, 1)]));
+    assert_eq!(dev.names("corrupt"), vec![id.clone()]);
+    assert!(dev.names("tmp").is_empty());
+    assert_reasons(&dev);
+}
