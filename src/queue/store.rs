@@ -2,6 +2,12 @@
 The spool as the runner holds it: a descriptor per queue directory, opened
 once with `O_NOFOLLOW` and verified against `outq_spool::layout`, and the
 operations on entries that are all renames within one filesystem.
+
+Durability lives here and nowhere else: [`Moves`] batches renames and
+removals and flushes each changed directory once ([`DirSync`] shares one
+`fsync` among every thread waiting on the same directory); state files
+are published under a writer's own temporary name; delivered entries'
+removals are settled in batches before their state files go.
 */
 #![forbid(unsafe_code)]
 

@@ -15,7 +15,11 @@ The main thread holds the queue lock, recovers, picks up `new/` (woken by
 inotify within a second of a commit), scans `deferred/` for due entries
 (one `stat` of each state file, no open), and hands claimed entries to
 `connections` worker threads, each owning its transport and so its SMTP
-connection. SIGTERM/SIGINT stop new work and let attempts finish within
+connection. The moves into `active/` of one dispatch are made durable
+together before any is delivered; a settling thread makes delivered
+entries' removals durable in batches, then removes their state files.
+Each full pass also takes again any entry left in `active/` by an attempt
+that could not record its result. SIGTERM/SIGINT stop new work and let attempts finish within
 `shutdown_timeout`; SIGHUP reloads the configuration.
 
 - [`lock`]: one runner per spool;
