@@ -22,6 +22,7 @@ mod enqueue;
 mod faults;
 mod install;
 mod ops;
+mod powercut;
 mod privileged;
 mod programs;
 mod runner;
