@@ -24,10 +24,23 @@
 #   messages queued with nullmailer-queue, then one pass (pausetime 0),
 #   as user mail; its rate is per message, so the count only scales the
 #   wall time (it is ≈ 20 msg/s: 10 000 would take minutes).
+# - smtp-source (Postfix's queue-less load generator, no PIPELINING): the
+#   same message, COUNT messages with 1 and 10 recipients, 4 and 10
+#   sessions (the runner's connections), each session kept for many
+#   messages (-d), as outq's are: a ceiling for an unpipelined client and
+#   a reference for a pipelined one.
 # CPU: everything each system runs (the runner; Postfix's master and all
 # its daemons; nullmailer-send and its protocol modules) is in its own
 # cgroup (v1 cpuacct); smtp-sink's CPU is counted apart. Each figure is
 # the median of DRAIN_RUNS runs, interleaved.
+#
+# Knobs: COUNT, NM_COUNT, DRAIN_RUNS, RCPTS; DRAIN_SYSTEMS (default all:
+# outq-new-c4 outq-new-c10 outq-deferred-c4 source-s4 source-s10 postfix
+# nullmailer) to measure some only; OUTQ_BIN, another build of the runner
+# to measure in place of the release build; OUTQ_COMPARE, a second build
+# measured in the same runs (systems cmp-new-c4, cmp-new-c10, each run
+# right after its outq counterpart: a before/after comparison that shares
+# the machine's noise); OUTQ_COMPARE_LABEL names that build in the report.
 #
 # Output: $OUT/drain.md, raw data in $RESULTS/drain/.
 me=drain.sh
@@ -37,6 +50,13 @@ COUNT=${COUNT:-10000}
 NM_COUNT=${NM_COUNT:-300}
 DRAIN_RUNS=${DRAIN_RUNS:-3}
 RCPTS=${RCPTS:-"1 10"}
+ALL_SYSTEMS="outq-new-c4 outq-new-c10 outq-deferred-c4 source-s4 source-s10 postfix nullmailer"
+if [ -n "${OUTQ_COMPARE:-}" ]; then ALL_SYSTEMS="$ALL_SYSTEMS cmp-new-c4 cmp-new-c10"; fi
+SYSTEMS=${DRAIN_SYSTEMS:-$ALL_SYSTEMS}
+for s in $SYSTEMS; do
+    case " $ALL_SYSTEMS " in *" $s "*) ;; *) die "unknown system $s in DRAIN_SYSTEMS (one of: $ALL_SYSTEMS)" ;; esac
+done
+measured() { case " $SYSTEMS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 tools
 build
@@ -46,6 +66,14 @@ rm -f "$raw"/*
 
 make_accounts
 install_helper
+if [ -n "${OUTQ_BIN:-}" ]; then
+    install -o root -g root -m 0755 "$OUTQ_BIN" "$outq"
+    say "runner: $OUTQ_BIN (OUTQ_BIN)"
+fi
+if [ -n "${OUTQ_COMPARE:-}" ]; then
+    install -o root -g root -m 0755 "$OUTQ_COMPARE" "$work/bin/outq-cmp"
+    say "compared with: $OUTQ_COMPARE (OUTQ_COMPARE)"
+fi
 spool="$work/spool"
 make_spool "$spool"
 conc_dir="$work/conc"
@@ -91,29 +119,39 @@ cg_new outq
 OUTQ_CG=$CG
 
 # ---------------------------------------------------------------- Postfix
-lport=$(free_port)
-pf_make "$work/pf" "$lport" "$sport"
-echo "defer_transports = smtp" >>"$PF/etc/main.cf"
-cg_new postfix
-PF_CG=$CG
-pf_start "$PF_CG"
-wait_port "$lport" || die "Postfix does not listen on $lport"
-pf_version=$(postconf -c "$PF/etc" -h mail_version)
+pf_version=-
+if measured postfix; then
+    lport=$(free_port)
+    pf_make "$work/pf" "$lport" "$sport"
+    echo "defer_transports = smtp" >>"$PF/etc/main.cf"
+    cg_new postfix
+    PF_CG=$CG
+    pf_start "$PF_CG"
+    wait_port "$lport" || die "Postfix does not listen on $lport"
+    pf_version=$(postconf -c "$PF/etc" -h mail_version)
+fi
+
+# ------------------------------------------------------------- smtp-source
+cg_new source
+SRC_CG=$CG
 
 # ------------------------------------------------------------- nullmailer
-nm_setup
-nm_remote "$sport"
-cg_new nullmailer
-NM_CG=$CG
-for R in $RCPTS; do
-    # shellcheck disable=SC2046
-    make_nm_input "$msg" "$msg.nm$R" $(rcpt_list "$R")
-    $as_caller "$PY" "$bench/conc.py" --procs 2 --count $((NM_COUNT / 2)) --stdin "$msg.nm$R" \
-        --out "$conc_dir/nmfill-$R.json" -- "$nmq" || die "nullmailer-queue failed"
-    mkdir "$work/nmtmpl-$R"
-    find /var/spool/nullmailer/queue -type f -exec mv -t "$work/nmtmpl-$R" {} +
-    [ "$(find "$work/nmtmpl-$R" -type f | wc -l)" = "$NM_COUNT" ] || die "nullmailer template $R incomplete"
-done
+NM_VERSION=-
+if measured nullmailer; then
+    nm_setup
+    nm_remote "$sport"
+    cg_new nullmailer
+    NM_CG=$CG
+    for R in $RCPTS; do
+        # shellcheck disable=SC2046
+        make_nm_input "$msg" "$msg.nm$R" $(rcpt_list "$R")
+        $as_caller "$PY" "$bench/conc.py" --procs 2 --count $((NM_COUNT / 2)) --stdin "$msg.nm$R" \
+            --out "$conc_dir/nmfill-$R.json" -- "$nmq" || die "nullmailer-queue failed"
+        mkdir "$work/nmtmpl-$R"
+        find /var/spool/nullmailer/queue -type f -exec mv -t "$work/nmtmpl-$R" {} +
+        [ "$(find "$work/nmtmpl-$R" -type f | wc -l)" = "$NM_COUNT" ] || die "nullmailer template $R incomplete"
+    done
+fi
 
 # ------------------------------------------------------------------ runs
 # Each run writes one line to $work/runs: system variant R wall cpu_s sink_cpu_s maxrss_kb
@@ -121,9 +159,10 @@ record() { echo "$*" >>"$work/runs"; }
 : >"$work/runs"
 spool_empty() { [ -z "$(find "$spool/new" "$spool/active" "$spool/deferred" "$spool/hold" "$spool/failed" "$spool/corrupt" -mindepth 1 -print -quit)" ]; }
 
-run_outq() { # R from(new|deferred) C run
-    local R=$1 from=$2 C=$3 run=$4 t0 t1 c0 c1 s0 s1 k0 k1 log
-    log="$raw/outq-$from-c$C-r$R.$run.log"
+run_outq() { # R from(new|deferred) C run [outq|cmp]
+    local R=$1 from=$2 C=$3 run=$4 which=${5:-outq} t0 t1 c0 c1 s0 s1 k0 k1 log runner=$outq
+    [ "$which" = cmp ] && runner="$work/bin/outq-cmp"
+    log="$raw/$which-$from-c$C-r$R.$run.log"
     spool_empty || die "the spool is not empty before a run"
     copy_in "$work/tmpl-$R" "$spool/$from"
     if [ "$from" = deferred ]; then copy_in "$work/tmpl-$R.state" "$spool/state"; fi
@@ -132,7 +171,7 @@ run_outq() { # R from(new|deferred) C run
     c0=$(cg_usage "$OUTQ_CG")
     s0=$(cg_usage "$SINK_CG")
     t0=$EPOCHREALTIME
-    /usr/bin/time -v -o "$work/time.out" "${CGEXEC[@]}" "$OUTQ_CG" $as_owner "$outq" run --once \
+    /usr/bin/time -v -o "$work/time.out" "${CGEXEC[@]}" "$OUTQ_CG" $as_owner "$runner" run --once \
         --config "$work/run-$C.conf" --log stderr 2>"$log" || die "outq run failed: $(tail -n 3 "$log")"
     t1=$EPOCHREALTIME
     c1=$(cg_usage "$OUTQ_CG")
@@ -145,8 +184,8 @@ run_outq() { # R from(new|deferred) C run
     [ $((k1 - k0)) = "$COUNT" ] || die "smtp-sink received $((k1 - k0)) of $COUNT"
     spool_empty || die "entries left in the spool after the run"
     [ -z "$(find "$spool/state" -mindepth 1 -print -quit)" ] || die "state files left after the run"
-    cp "$work/time.out" "$raw/outq-$from-c$C-r$R.$run.time"
-    record "outq-$from-c$C $R $(calc "$t1 - $t0") $(calc "($c1 - $c0) / 1e9") $(calc "($s1 - $s0) / 1e9") $(awk -F': ' '/Maximum resident/ {print $2}' "$work/time.out")"
+    cp "$work/time.out" "$raw/$which-$from-c$C-r$R.$run.time"
+    record "$which-$from-c$C $R $(calc "$t1 - $t0") $(calc "($c1 - $c0) / 1e9") $(calc "($s1 - $s0) / 1e9") $(awk -F': ' '/Maximum resident/ {print $2}' "$work/time.out")"
 }
 
 run_postfix() { # R run
@@ -179,6 +218,27 @@ run_postfix() { # R run
     k1=$(sink_count)
     [ $((k1 - k0)) = "$COUNT" ] || die "smtp-sink received $((k1 - k0)) of $COUNT from Postfix"
     record "postfix $R $(calc "$t1 - $t0") $(calc "($c1 - $c0) / 1e9") $(calc "($s1 - $s0) / 1e9") -"
+}
+
+# smtp-source against the same smtp-sink: S sessions in parallel, each
+# kept for its share of the messages (-d), R recipients per message, the
+# same 4 KB message (-F), as an unprivileged user in its own cgroup.
+run_source() { # R S run
+    local R=$1 S=$2 run=$3 t0 t1 c0 c1 s0 s1 k0 k1
+    k0=$(sink_count)
+    c0=$(cg_usage "$SRC_CG")
+    s0=$(cg_usage "$SINK_CG")
+    t0=$EPOCHREALTIME
+    /usr/bin/time -v -o "$work/time.out" "${CGEXEC[@]}" "$SRC_CG" $as_caller smtp-source -d -s "$S" -m "$COUNT" \
+        -r "$R" -F "$msg" -f "$SENDER" -t "$RCPT" -M bench.example.org "127.0.0.1:$sport" \
+        >"$raw/source-s$S-r$R.$run.log" 2>&1 || die "smtp-source failed: $(tail -n 3 "$raw/source-s$S-r$R.$run.log")"
+    t1=$EPOCHREALTIME
+    c1=$(cg_usage "$SRC_CG")
+    s1=$(cg_usage "$SINK_CG")
+    sleep 0.2
+    k1=$(sink_count)
+    [ $((k1 - k0)) = "$COUNT" ] || die "smtp-sink received $((k1 - k0)) of $COUNT from smtp-source"
+    record "source-s$S $R $(calc "$t1 - $t0") $(calc "($c1 - $c0) / 1e9") $(calc "($s1 - $s0) / 1e9") $(awk -F': ' '/Maximum resident/ {print $2}' "$work/time.out")"
 }
 
 run_nullmailer() { # R run
@@ -218,12 +278,16 @@ checked() { # runner args...
 }
 for ((run = 1; run <= DRAIN_RUNS; run++)); do
     for R in $RCPTS; do
-        say "run $run of $DRAIN_RUNS, $R recipient(s): outq new/ c4, new/ c10, deferred/ c4, Postfix, nullmailer"
-        checked run_outq "$R" new 4 "$run"
-        checked run_outq "$R" new 10 "$run"
-        checked run_outq "$R" deferred 4 "$run"
-        checked run_postfix "$R" "$run"
-        checked run_nullmailer "$R" "$run"
+        say "run $run of $DRAIN_RUNS, $R recipient(s): $SYSTEMS"
+        if measured outq-new-c4; then checked run_outq "$R" new 4 "$run"; fi
+        if measured cmp-new-c4; then checked run_outq "$R" new 4 "$run" cmp; fi
+        if measured source-s4; then checked run_source "$R" 4 "$run"; fi
+        if measured outq-new-c10; then checked run_outq "$R" new 10 "$run"; fi
+        if measured cmp-new-c10; then checked run_outq "$R" new 10 "$run" cmp; fi
+        if measured source-s10; then checked run_source "$R" 10 "$run"; fi
+        if measured outq-deferred-c4; then checked run_outq "$R" deferred 4 "$run"; fi
+        if measured postfix; then checked run_postfix "$R" "$run"; fi
+        if measured nullmailer; then checked run_nullmailer "$R" "$run"; fi
     done
 done
 quiet_after=$(quiet_md)
@@ -233,19 +297,24 @@ cp "$work/runs" "$raw/runs.txt"
 
 # One strace -c -f of the runner (new/, connections 4, 1 recipient): what
 # it spends its system calls on.
-say "strace -c -f of one outq run (not timed)"
-copy_in "$work/tmpl-1" "$spool/new"
-sync
-strace -c -f -o "$raw/strace-outq-new-c4-r1.txt" $as_owner "$outq" run --once --config "$work/run-4.conf" \
-    --log stderr 2>/dev/null || die "traced run failed"
-spool_empty || die "entries left after the traced run"
+if measured outq-new-c4 && [ -d "$work/tmpl-1" ]; then
+    say "strace -c -f of one outq run (not timed)"
+    copy_in "$work/tmpl-1" "$spool/new"
+    sync
+    strace -c -f -o "$raw/strace-outq-new-c4-r1.txt" $as_owner "$outq" run --once --config "$work/run-4.conf" \
+        --log stderr 2>/dev/null || die "traced run failed"
+    spool_empty || die "entries left after the traced run"
+fi
 
 # ---------------------------------------------------------------- report
 # median of a column (3 wall, 4 cpu, 5 sink cpu, 6 rss) for system+R
 col_median() { awk -v s="$1" -v r="$2" -v c="$3" '$1 == s && $2 == r && $c != "-" {print $c}' "$work/runs" >"$work/col"; median_of "$work/col"; }
 n_of() { case "$1" in nullmailer) echo "$NM_COUNT" ;; *) echo "$COUNT" ;; esac; }
 declare -A RATE CPUMS SINKMS RSS WALL
-systems=(outq-new-c4 outq-new-c10 outq-deferred-c4 postfix nullmailer)
+systems=()
+for s in outq-new-c4 outq-new-c10 outq-deferred-c4 cmp-new-c4 cmp-new-c10 source-s4 source-s10 postfix nullmailer; do
+    if measured "$s"; then systems+=("$s"); fi
+done
 for R in $RCPTS; do
     for s in "${systems[@]}"; do
         n=$(n_of "$s")
@@ -262,50 +331,67 @@ label() {
         outq-new-c4) echo "outq, new/, connections 4" ;;
         outq-new-c10) echo "outq, new/, connections 10" ;;
         outq-deferred-c4) echo "outq, deferred/ (due), connections 4" ;;
+        cmp-new-c4) echo "${OUTQ_COMPARE_LABEL:-outq, the OUTQ_COMPARE build}, new/, connections 4" ;;
+        cmp-new-c10) echo "${OUTQ_COMPARE_LABEL:-outq, the OUTQ_COMPARE build}, new/, connections 10" ;;
+        source-s4) echo "smtp-source -d -s 4 (no queue, no PIPELINING)" ;;
+        source-s10) echo "smtp-source -d -s 10 (no queue, no PIPELINING)" ;;
         postfix) echo "Postfix $pf_version, deferred/ flushed" ;;
         nullmailer) echo "nullmailer-send $NM_VERSION" ;;
     esac
 }
+# The smtp-source run with as many sessions as outq's connections.
+source_of() { case "$1" in *-c10) echo source-s10 ;; *) echo source-s4 ;; esac; }
+rate_of() { if measured "$1"; then echo "${RATE[$1.$2]}"; else echo 0; fi; }
 {
     echo "## Drain: a full queue delivered to smtp-sink on loopback (bench/drain.sh)"
     echo
     echo "$started to $finished. Machine before: $quiet_before; after: $quiet_after."
     echo
-    echo "Queues: $COUNT messages of 4096 bytes (outq entry: $entry_size bytes with 1 recipient) for outq and Postfix, $NM_COUNT for nullmailer (its rate is per message: one process and one connection each); 1 and 10 recipients per message. Receiver: Postfix's \`smtp-sink -c -u postfix 127.0.0.1:$sport 1000\`, one process for all. Wall time: outq and nullmailer from start to exit of one pass; Postfix from \`postqueue -f\` until its queue is empty. CPU: the whole system's processes (cgroup cpuacct), per message; smtp-sink's CPU apart. Medians of $DRAIN_RUNS interleaved runs; every run checked: all messages counted by smtp-sink, queue empty after it."
+    echo "Queues: $COUNT messages of 4096 bytes (outq entry: $entry_size bytes with 1 recipient) for outq and Postfix, $NM_COUNT for nullmailer (its rate is per message: one process and one connection each); 1 and 10 recipients per message. Receiver: Postfix's \`smtp-sink -c -u postfix 127.0.0.1:$sport 1000\`, one process for all. Wall time: outq and nullmailer from start to exit of one pass; Postfix from \`postqueue -f\` until its queue is empty; smtp-source from start to exit (\`smtp-source -d -s S -m $COUNT -r R -F MSG\`: the same message, S sessions each kept for many messages; it has no queue to read or update, and sends no Received header). CPU: the whole system's processes (cgroup cpuacct), per message; smtp-sink's CPU apart. Medians of $DRAIN_RUNS interleaved runs; every run checked: all messages counted by smtp-sink, queue empty after it. Systems measured: ${systems[*]}."
     echo
     echo "The outq entries were committed by outq-enqueue (the same binary, in its development mode: not set-group-ID, run by the caller with the helper's group, \`--spool\`/\`--config\`, so that /etc/outq is not needed; the entries are the same: owner the caller, the helper's group, mode 0404), 4 callers in parallel at $(fmt "$fill_rate" 0) msg/s, kept aside and copied into the spool (\`cp -a\`) before each run."
     echo
     for R in $RCPTS; do
         echo "### $R recipient(s) per message"
         echo
-        echo "| queue drained by | messages | wall s | **msg/s** | CPU ms/msg | smtp-sink CPU ms/msg | runner max RSS | vs Postfix (target ≥ 1×) | vs nullmailer (target ≥ 5×) |"
-        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
+        echo "| queue drained by | messages | wall s | **msg/s** | CPU ms/msg | smtp-sink CPU ms/msg | runner max RSS | vs Postfix (target ≥ 1×) | vs nullmailer (target ≥ 5×) | vs smtp-source, same sessions |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"
         for s in "${systems[@]}"; do
-            rp=$(ratio "${RATE[$s.$R]}" "${RATE[postfix.$R]}")
-            rn=$(ratio "${RATE[$s.$R]}" "${RATE[nullmailer.$R]}")
+            rp=$(ratio "${RATE[$s.$R]}" "$(rate_of postfix "$R")")
+            rn=$(ratio "${RATE[$s.$R]}" "$(rate_of nullmailer "$R")")
+            rs=-
             case "$s" in
-                outq*) vp="$rp× $(verdict le 1 "$rp")" vn="$rn× $(verdict le 5 "$rn")" ;;
+                outq* | cmp*)
+                    vp="$rp× $(verdict le 1 "$rp")" vn="$rn× $(verdict le 5 "$rn")"
+                    rs=$(ratio "${RATE[$s.$R]}" "$(rate_of "$(source_of "$s")" "$R")")
+                    ;;
                 postfix) vp="(anchor)" vn="$rn×" ;;
+                source*) vp="$rp×" vn="$rn×" rs="(anchor)" ;;
                 *) vp="$rp×" vn="(anchor)" ;;
             esac
+            [ "$rp" = - ] && vp=-
+            [ "$rn" = - ] && vn=-
+            [ "$rs" = - ] || [ "$rs" = "(anchor)" ] || rs="$rs×"
             rss=${RSS[$s.$R]}
             if [ -z "$rss" ] || le "$rss" 0; then rss="-"; else rss="$(fmt "$(calc "$rss / 1024")" 1) MiB"; fi
-            printf '| %s | %s | %s | **%s** | %s | %s | %s | %s | %s |\n' "$(label "$s")" "$(n_of "$s")" \
+            printf '| %s | %s | %s | **%s** | %s | %s | %s | %s | %s | %s |\n' "$(label "$s")" "$(n_of "$s")" \
                 "$(fmt "${WALL[$s.$R]}" 2)" "$(fmt "${RATE[$s.$R]}" 0)" "$(fmt "${CPUMS[$s.$R]}" 3)" "$(fmt "${SINKMS[$s.$R]}" 3)" \
-                "$rss" "$vp" "$vn"
-            echo "drain_r$R $s rate=${RATE[$s.$R]} cpu_ms=${CPUMS[$s.$R]} wall=${WALL[$s.$R]} rp=$rp rn=$rn count=$(n_of "$s")" >>"$work/summary"
+                "$rss" "$vp" "$vn" "$rs"
+            echo "drain_r$R $s rate=${RATE[$s.$R]} cpu_ms=${CPUMS[$s.$R]} wall=${WALL[$s.$R]} rp=$rp rn=$rn rs=${rs%×} count=$(n_of "$s")" >>"$work/summary"
         done
         echo
     done
-    echo "Every run: \`bench/results/drain/runs.txt\` (system, recipients, wall s, CPU s, smtp-sink CPU s, max RSS KiB, other processes seen at its start and end); runner logs and \`/usr/bin/time -v\` output beside it. Runs with other work (compilers, fuzzers, tests) present at their start or end: $busy_runs of $((DRAIN_RUNS * $(wc -w <<<"$RCPTS") * 5)) (each run waits up to ${LOAD_WAIT:-900} s for such work to end)."
+    echo "Every run: \`bench/results/drain/runs.txt\` (system, recipients, wall s, CPU s, smtp-sink CPU s, max RSS KiB, other processes seen at its start and end); runner logs and \`/usr/bin/time -v\` output beside it. Runs with other work (compilers, fuzzers, tests) present at their start or end: $busy_runs of $((DRAIN_RUNS * $(wc -w <<<"$RCPTS") * ${#systems[@]})) (each run waits up to ${LOAD_WAIT:-900} s for such work to end)."
     echo
-    echo "Where outq's runner spends its system calls (one traced run, new/, connections 4, 1 recipient; \`strace -c -f\`, top 12 by time; tracing slows it down, so only the proportions and counts mean something):"
-    echo
-    echo '```'
-    sed -n '1,2p' "$raw/strace-outq-new-c4-r1.txt"
-    sed -n '3,$p' "$raw/strace-outq-new-c4-r1.txt" | grep -v -e '^-' -e 'total' | sort -k2 -g -r | head -n 12
-    grep 'total' "$raw/strace-outq-new-c4-r1.txt"
-    echo '```'
+    if [ -s "$raw/strace-outq-new-c4-r1.txt" ]; then
+        echo "Where outq's runner spends its system calls (one traced run, new/, connections 4, 1 recipient; \`strace -c -f\`, top 12 by time; tracing slows it down, so only the proportions and counts mean something):"
+        echo
+        echo '```'
+        sed -n '1,2p' "$raw/strace-outq-new-c4-r1.txt"
+        sed -n '3,$p' "$raw/strace-outq-new-c4-r1.txt" | grep -v -e '^-' -e 'total' | sort -k2 -g -r | head -n 12
+        grep 'total' "$raw/strace-outq-new-c4-r1.txt"
+        echo '```'
+    fi
 } >"$OUT/drain.md"
 cp "$work/summary" "$OUT/drain.summary"
 say "wrote $OUT/drain.md"

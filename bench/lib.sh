@@ -208,7 +208,8 @@ make_accounts() {
 install_helper() {
     mkdir -m 0755 "$work/bin"
     helper="$work/bin/outq-enqueue"
-    install -o root -g "$grp" -m 2755 "$rel/outq-enqueue" "$helper"
+    # HELPER_BIN: another build of the helper to measure (a variant).
+    install -o root -g "$grp" -m 2755 "${HELPER_BIN:-$rel/outq-enqueue}" "$helper"
     [ "$(stat -c '%U:%G %a' "$helper")" = "root:$grp 2755" ] || die "helper not installed root:$grp 2755"
     outq="$work/bin/outq"
     install -o root -g root -m 0755 "$rel/outq" "$outq"

@@ -247,6 +247,12 @@ ensure_accounts() {
             --shell "$(nologin_shell)" --comment "outq mail queue" "$OUTQ_USER"
         say "created user $OUTQ_USER"
     fi
+    # The account of the loopback SMTP sessions (outq-smtp@.service).
+    if ! getent passwd outq-smtp >/dev/null; then
+        useradd --system --user-group --no-create-home --home-dir / \
+            --shell "$(nologin_shell)" --comment "outq SMTP submission on loopback" outq-smtp
+        say "created user outq-smtp"
+    fi
 }
 
 do_install() {
@@ -277,6 +283,11 @@ do_install() {
 
     adapt_unit "$top/install/systemd/outq.service" >"$work/outq.service"
     put "$work/outq.service" "$unitdir/outq.service" 0644 root root
+    # SMTP on loopback: installed, never enabled here (see the socket unit).
+    for unit in outq-smtp.socket outq-smtp@.service; do
+        adapt_unit "$top/install/systemd/$unit" >"$work/$unit"
+        put "$work/$unit" "$unitdir/$unit" 0644 root root
+    done
     adapt_sysusers "$top/install/systemd/outq.sysusers" >"$work/sysusers.conf"
     put "$work/sysusers.conf" "$sysusersdir/outq.conf" 0644 root root
     adapt_tmpfiles "$top/install/systemd/outq.tmpfiles" >"$work/tmpfiles.conf"
@@ -335,10 +346,11 @@ configured_spool() {
 do_uninstall() {
     spool=$(configured_spool)
     if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        systemctl disable --now outq.service >/dev/null 2>&1 || true
+        systemctl disable --now outq.service outq-smtp.socket >/dev/null 2>&1 || true
     fi
     for f in "$sbindir/outq-sendmail" "$sbindir/outq" "$sbindir/outq-enqueue" \
-        "$unitdir/outq.service" "$sysusersdir/outq.conf" "$tmpfilesdir/outq.conf"; do
+        "$unitdir/outq.service" "$unitdir/outq-smtp.socket" "$unitdir/outq-smtp@.service" \
+        "$sysusersdir/outq.conf" "$tmpfilesdir/outq.conf"; do
         rm -f "$DESTDIR$f"
     done
     for page in "$top"/man/*.[1-9]; do
@@ -387,7 +399,13 @@ do_uninstall() {
     if getent group "$OUTQ_GROUP" >/dev/null; then
         groupdel "$OUTQ_GROUP" || warn "could not remove group $OUTQ_GROUP"
     fi
-    say "purged the configuration, the user $OUTQ_USER and the groups"
+    if getent passwd outq-smtp >/dev/null; then
+        userdel outq-smtp || warn "could not remove user outq-smtp (is an SMTP session still running?)"
+    fi
+    if getent group outq-smtp >/dev/null; then
+        groupdel outq-smtp || warn "could not remove group outq-smtp"
+    fi
+    say "purged the configuration, the users $OUTQ_USER and outq-smtp and the groups"
 }
 
 case $action in

@@ -1,8 +1,13 @@
 /*!
 The runner's configuration keys, read from the same `outq.conf` the helper
 uses. `outq_spool::config` parses the file and interprets the helper's keys;
-this module validates the rest ([`RUNNER_KEYS`]), so a typo is an error with
-its line number and `outq check` can name keys that neither side knows.
+this module validates the rest ([`RUNNER_KEYS`] and [`ADDRESS_KEYS`]), so a
+typo is an error with its line number and `outq check` can name keys that
+neither side knows.
+
+Each program validates only the keys it uses: the runner all of them,
+`outq-sendmail` only `enqueue_program` and the address keys it applies
+([`Rewriting`]), so a typo in a runner-only key never stops a submission.
 */
 #![forbid(unsafe_code)]
 
@@ -35,8 +40,138 @@ pub const RUNNER_KEYS: &[(&str, &str)] = &[
     ("relay_auth_file", "credentials for SMTP AUTH"),
     ("delay_warning_time", "send a delay notice after this long (0s: never)"),
     ("enqueue_program", "the helper outq-sendmail runs"),
-    ("admin_address", "where mail for root and other local users goes"),
 ];
+
+/// The keys about addresses: how bare names are qualified, where local
+/// mail goes, and masquerading (documented in outq.conf(5), ADDRESS KEYS).
+pub const ADDRESS_KEYS: &[(&str, &str)] = &[
+    ("myorigin", "domain that qualifies bare addresses (default: myhostname)"),
+    ("alias_file", "the aliases file the runner applies (default /etc/aliases)"),
+    ("admin_address", "where mail for local names no alias knows goes"),
+    ("masquerade_domain", "domain that replaces this host's name in senders"),
+    ("masquerade_users", "local parts masqueraded (empty: all)"),
+];
+
+/// The default aliases file; a missing file means no aliases.
+pub const DEFAULT_ALIAS_FILE: &str = "/etc/aliases";
+
+/// Whether outq knows `key` at all (the helper's, the runner's or an
+/// address key).
+pub fn is_known_key(key: &str) -> bool {
+    is_runner_key(key)
+        || ADDRESS_KEYS.iter().any(|(k, _)| *k == key)
+        || outq_spool::config::KEYS.iter().any(|(k, _)| *k == key)
+}
+
+/// What outq-sendmail applies to headers and envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewriting {
+    /// This host's name (`myhostname`, `/etc/mailname` or the kernel's).
+    pub myhostname: String,
+    /// The domain that qualifies bare addresses.
+    pub myorigin: String,
+    /// Replaces this host's names in the envelope sender and `From:`.
+    pub masquerade_domain: Option<String>,
+    /// Local parts to masquerade; empty means every one.
+    pub masquerade_users: Vec<String>,
+}
+
+impl Rewriting {
+    /// The address keys outq-sendmail uses; no other key is looked at.
+    pub fn from_config(cfg: &Config) -> Result<Rewriting, KeyError> {
+        let myhostname = outq_spool::config::effective_hostname(cfg);
+        let myorigin = domain_key(cfg, "myorigin")?.unwrap_or_else(|| myhostname.clone());
+        let masquerade_domain = domain_key(cfg, "masquerade_domain")?;
+        let masquerade_users = match cfg.other.get("masquerade_users") {
+            None => Vec::new(),
+            Some(s) => {
+                let users: Vec<String> = s
+                    .value
+                    .split(|c: char| c == ',' || c.is_ascii_whitespace())
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(bad) = users.iter().find(|u| !is_local_part(u)) {
+                    return Err(KeyError {
+                        line: s.line,
+                        message: format!("masquerade_users: {bad:?} is not a local part"),
+                    });
+                }
+                users
+            }
+        };
+        Ok(Rewriting { myhostname, myorigin, masquerade_domain, masquerade_users })
+    }
+
+    /// Whether `domain` is one of this host's names: `myhostname`,
+    /// `myorigin` or `localhost` (any case).
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        [self.myhostname.as_str(), self.myorigin.as_str(), "localhost"].iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+/// What the runner needs to apply aliases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aliasing {
+    pub alias_file: PathBuf,
+    /// Catch-all for local names no alias knows; `None`: none.
+    pub admin_address: Option<outq_spool::address::Mailbox>,
+    /// The names that make an address local: `myhostname`, `myorigin`,
+    /// `localhost`.
+    pub local_domains: Vec<String>,
+    /// The domain a local name without alias keeps on its way to the relay.
+    pub myorigin: String,
+}
+
+impl Aliasing {
+    pub fn from_config(cfg: &Config) -> Result<Aliasing, KeyError> {
+        let r = Rewriting::from_config(cfg)?;
+        let alias_file = match cfg.other.get("alias_file") {
+            None => PathBuf::from(DEFAULT_ALIAS_FILE),
+            Some(s) if s.value.starts_with('/') => PathBuf::from(&s.value),
+            Some(s) => return Err(KeyError { line: s.line, message: "alias_file: must be an absolute path".into() }),
+        };
+        let admin_address = match cfg.other.get("admin_address") {
+            Some(s) if !s.value.is_empty() => {
+                Some(outq_spool::address::Mailbox::parse(s.value.as_bytes()).map_err(|e| KeyError {
+                    line: s.line,
+                    message: format!("admin_address: {e} (give a full address such as admin@example.org)"),
+                })?)
+            }
+            _ => None,
+        };
+        let mut local_domains = vec![r.myhostname.to_ascii_lowercase()];
+        for d in [r.myorigin.to_ascii_lowercase(), "localhost".to_owned()] {
+            if !local_domains.contains(&d) {
+                local_domains.push(d);
+            }
+        }
+        Ok(Aliasing { alias_file, admin_address, local_domains, myorigin: r.myorigin })
+    }
+}
+
+fn is_local_part(s: &str) -> bool {
+    outq_spool::address::Mailbox::parse_or_qualify(s.as_bytes(), "localhost").is_ok() && !s.contains('@')
+}
+
+/// A key whose value is a domain name; `None` when it is not set.
+fn domain_key(cfg: &Config, key: &str) -> Result<Option<String>, KeyError> {
+    match cfg.other.get(key) {
+        None => Ok(None),
+        Some(s) if s.value.is_empty() => Ok(None),
+        Some(s) if outq_spool::address::is_domain(s.value.as_bytes()) => Ok(Some(s.value.clone())),
+        Some(s) => Err(KeyError { line: s.line, message: format!("{key}: must be a domain name such as example.org") }),
+    }
+}
+
+/// `enqueue_program`, the one runner key outq-sendmail reads.
+pub fn enqueue_program(cfg: &Config) -> Result<PathBuf, KeyError> {
+    match cfg.other.get("enqueue_program") {
+        None => Ok(PathBuf::from(outq_spool::config::ENQUEUE_PROGRAM)),
+        Some(s) if s.value.starts_with('/') => Ok(PathBuf::from(&s.value)),
+        Some(s) => Err(KeyError { line: s.line, message: "enqueue_program: must be an absolute path".into() }),
+    }
+}
 
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +336,11 @@ fn positive(value: &str) -> Result<usize, String> {
 impl RunnerConfig {
     /// Validate the runner's keys from a parsed file.
     pub fn from_config(cfg: &Config) -> Result<RunnerConfig, KeyError> {
+        // The runner uses the whole file: a line the helper tolerated
+        // (see outq_spool::config) stops it.
+        if let Some(p) = cfg.problems.first() {
+            return Err(KeyError { line: p.line, message: p.message.clone() });
+        }
         let mut rc = RunnerConfig::default();
         for (key, setting) in &cfg.other {
             if !is_runner_key(key) {
@@ -296,6 +436,37 @@ mod tests {
         for bad in ["", "http://x", "smtp://", "smtp://a b:0", "maildir:rel", "pipe:prog", "smtp://x:99999"] {
             assert!(parse_relays(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn address_keys() {
+        let cfg = |t: &str| outq_spool::config::parse(t.as_bytes()).unwrap();
+        let r = Rewriting::from_config(&cfg("myhostname = h.example\n")).unwrap();
+        assert_eq!((r.myorigin.as_str(), r.masquerade_domain.clone()), ("h.example", None));
+        assert!(r.is_local_domain("H.EXAMPLE") && r.is_local_domain("localhost") && !r.is_local_domain("x.example"));
+        let r = Rewriting::from_config(&cfg(
+            "myhostname = h.example\nmyorigin = example.org\nmasquerade_domain = example.org\n\
+             masquerade_users = root, www-data\n",
+        ))
+        .unwrap();
+        assert_eq!(r.myorigin, "example.org");
+        assert_eq!(r.masquerade_users, ["root", "www-data"]);
+        assert!(Rewriting::from_config(&cfg("masquerade_domain =\nmasquerade_users =\n")).is_ok());
+        for bad in ["myorigin = not a domain", "masquerade_domain = -x", "masquerade_users = a@b"] {
+            assert!(Rewriting::from_config(&cfg(bad)).is_err(), "{bad}");
+        }
+        // outq-sendmail's keys do not include the runner's: a bad relay or
+        // admin_address does not stop it.
+        assert!(Rewriting::from_config(&cfg("relay = nowhere\nadmin_address = nobody\n")).is_ok());
+        let a = Aliasing::from_config(&cfg("myhostname = h.example\nadmin_address = boss@example.org\n")).unwrap();
+        assert_eq!(a.alias_file, PathBuf::from(DEFAULT_ALIAS_FILE));
+        assert_eq!(a.admin_address.map(|m| m.to_string()).as_deref(), Some("boss@example.org"));
+        assert_eq!(a.local_domains, ["h.example", "localhost"]);
+        assert!(Aliasing::from_config(&cfg("admin_address = nobody")).is_err());
+        assert!(Aliasing::from_config(&cfg("alias_file = aliases")).is_err());
+        assert!(Aliasing::from_config(&cfg("admin_address =")).unwrap().admin_address.is_none());
+        assert!(is_known_key("myorigin") && is_known_key("relay") && is_known_key("myhostname"));
+        assert!(!is_known_key("relai"));
     }
 
     #[test]

@@ -7,11 +7,14 @@ create the spool), and shares the spool format with the helper through the
 - [`cli`]: the command line (clap), parsed before anything is done;
 - [`admin`]: `outq init`, `outq check` and `outq setup`, the creators,
   auditors and guided editor of an installation;
+- [`aliases`]: the aliases file and the `admin_address` catch-all, applied
+  by the runner;
 - [`error`]: the one error type, rendered in one place.
 */
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod aliases;
 pub mod bounce;
 pub mod cli;
 pub mod config;

@@ -31,8 +31,14 @@ fn emit(level: &str, line: &str) {
         Sink::Syslog if level == "warning" => outq_spool::log::warning(line),
         Sink::Syslog => outq_spool::log::info(line),
         Sink::Stderr => {
-            let clean: String = line.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
-            let _ = writeln!(std::io::stderr().lock(), "outq: {clean}");
+            // One write per line: standard error is unbuffered, and
+            // `writeln!` would write the prefix, the text and the newline
+            // separately.
+            let mut out = String::with_capacity(line.len() + 7);
+            out.push_str("outq: ");
+            out.extend(line.chars().map(|c| if c.is_control() { '?' } else { c }));
+            out.push('\n');
+            let _ = std::io::stderr().lock().write_all(out.as_bytes());
         }
     }
 }

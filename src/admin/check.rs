@@ -5,7 +5,10 @@ Each problem is one line naming what is wrong and the command that fixes
 it. Exit 0 when nothing is found, 1 otherwise. Checked:
 
 - the configuration file and its directory (owner root, not writable by
-  group or others, parses, no unknown keys);
+  group or others, parses, no unknown keys, no malformed line);
+- the mail name: a warning (exit status unchanged) when `myhostname` (or
+  `/etc/mailname`, or the host name) or `myorigin` is not fully qualified;
+- the aliases file (trusted, every line usable);
 - the queue user and the helper's group (exist; the group is dedicated: not
   `mail`, not root's, nobody's primary group, no members);
 - every path of the spool layout and the directories above it;
@@ -72,6 +75,10 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode, Error> {
     if args.relay {
         super::relay::check_relays(&t, &mut found);
     }
+    // Printed, but they do not make the check fail.
+    for w in mail_name_warnings(&t) {
+        println!("outq check: warning: {} (fix: {})", w.problem, w.fix);
+    }
     for f in &found {
         println!("outq check: {} (fix: {})", f.problem, f.fix);
     }
@@ -102,18 +109,79 @@ fn check_config(t: &Target, out: &mut Vec<Finding>) {
         }
         None => {}
     }
+    for p in &t.cfg.problems {
+        out.push(finding(
+            format!("configuration {shown}: {p} (outq-sendmail and the helper ignore it; the runner refuses to start)"),
+            "correct that line (see outq.conf(5))",
+        ));
+    }
     for (key, setting) in &t.cfg.other {
-        if !crate::config::is_runner_key(key) {
+        if !crate::config::is_known_key(key) {
             out.push(finding(
                 format!("configuration {shown} line {}: unknown key {key}", setting.line),
                 "correct or remove it (see outq.conf(5))",
             ));
         }
     }
-    if t.config_error.is_none() {
-        if let Err(e) = crate::config::RunnerConfig::from_config(&t.cfg) {
-            out.push(finding(format!("configuration {shown}: {e}"), "correct that line (see outq.conf(5))"));
+    if t.config_error.is_some() {
+        return;
+    }
+    // The broken lines are reported above; the values are checked too.
+    let values = outq_spool::config::Config { problems: Vec::new(), ..t.cfg.clone() };
+    let runner_problem = crate::config::RunnerConfig::from_config(&values).err();
+    for e in [runner_problem, crate::config::Aliasing::from_config(&t.cfg).err()].into_iter().flatten() {
+        out.push(finding(format!("configuration {shown}: {e}"), "correct that line (see outq.conf(5))"));
+    }
+    if let Ok(a) = crate::config::Aliasing::from_config(&t.cfg) {
+        check_aliases(&a, out);
+    }
+}
+
+/// Relays refuse senders such as `root@vm` (553): the name that qualifies
+/// bare addresses must be a fully qualified domain name.
+fn mail_name_warnings(t: &Target) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if t.config_error.is_some() {
+        return out;
+    }
+    let Ok(r) = crate::config::Rewriting::from_config(&t.cfg) else { return out };
+    let source = if t.cfg.myhostname.is_some() {
+        "myhostname"
+    } else if config::read_mailname(Path::new(config::MAILNAME_PATH)).is_some() {
+        config::MAILNAME_PATH
+    } else {
+        "the system host name"
+    };
+    if !r.myhostname.contains('.') {
+        out.push(finding(
+            format!("myhostname {} (from {source}) is not a fully qualified domain name; relays refuse senders such as root@{}", r.myhostname, r.myhostname),
+            format!("set myhostname (or myorigin) in the configuration, or write the host's FQDN to {}", config::MAILNAME_PATH),
+        ));
+    }
+    if !r.myorigin.contains('.') && r.myorigin != r.myhostname {
+        out.push(finding(
+            format!("myorigin {} is not a fully qualified domain name", r.myorigin),
+            "set myorigin to a domain such as example.org",
+        ));
+    }
+    out
+}
+
+fn check_aliases(a: &crate::config::Aliasing, out: &mut Vec<Finding>) {
+    let shown = a.alias_file.display();
+    match crate::aliases::Aliases::load(&a.alias_file) {
+        Ok(aliases) => {
+            for p in &aliases.problems {
+                out.push(finding(
+                    format!("aliases file {shown}: {p}"),
+                    "correct that line (see outq.conf(5), ALIASES)",
+                ));
+            }
         }
+        Err(e) => out.push(finding(
+            format!("{e}; the runner defers mail until it can read it"),
+            format!("chown root:root {shown} && chmod 0644 {shown}"),
+        )),
     }
 }
 

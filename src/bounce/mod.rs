@@ -96,6 +96,7 @@ fn failed_recipient(r: &Rcpt, last_error: &str) -> Recipient {
         let reason = if last.is_empty() { reply } else { format!("{reply}; last error: {last}") };
         return Recipient {
             address: r.address.clone(),
+            original: r.origin.clone(),
             status: "4.4.7".into(),
             diagnostic: (!last.is_empty()).then_some(last),
             reason,
@@ -103,6 +104,7 @@ fn failed_recipient(r: &Rcpt, last_error: &str) -> Recipient {
     }
     Recipient {
         address: r.address.clone(),
+        original: r.origin.clone(),
         status: report::status_in(&reply, '5').unwrap_or_else(|| "5.0.0".into()),
         reason: if reply.is_empty() { "delivery failed".into() } else { reply.clone() },
         diagnostic: (!reply.is_empty()).then_some(reply),
@@ -113,6 +115,7 @@ fn delayed_recipient(r: &Rcpt) -> Recipient {
     let reply = printable(&r.reply);
     Recipient {
         address: r.address.clone(),
+        original: r.origin.clone(),
         status: report::status_in(&reply, '4').unwrap_or_else(|| "4.0.0".into()),
         reason: if reply.is_empty() { "not delivered yet".into() } else { reply.clone() },
         diagnostic: (!reply.is_empty()).then_some(reply),
@@ -227,7 +230,7 @@ mod tests {
     }
 
     fn rcpt(reply: &str, status: RcptStatus) -> Rcpt {
-        Rcpt { address: Mailbox::parse(b"bob@example.net").unwrap(), status, reply: reply.into() }
+        Rcpt { address: Mailbox::parse(b"bob@example.net").unwrap(), origin: None, status, reply: reply.into() }
     }
 
     #[test]

@@ -5,8 +5,8 @@ The text of a delivery status notification (RFC 3464), built in memory.
 multipart/report; report-type=delivery-status
 ├── text/plain                 which recipients, and why, for a human
 ├── message/delivery-status    Reporting-MTA, Arrival-Date, then per
-│                              recipient Final-Recipient, Action, Status,
-│                              Diagnostic-Code
+│                              recipient [Original-Recipient,] Final-Recipient,
+│                              Action, Status, Diagnostic-Code
 └── text/rfc822-headers        the original message's header section
 ```
 
@@ -38,6 +38,9 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
     pub address: Mailbox,
+    /// The entry recipient an alias expanded into `address`, reported as
+    /// `Original-Recipient` (RFC 3464 2.3.1).
+    pub original: Option<Mailbox>,
     /// RFC 3463 enhanced status code, `5.1.1`, `4.4.7`...
     pub status: String,
     /// The reply to quote as `Diagnostic-Code: smtp; ...` (printable ASCII).
@@ -209,6 +212,9 @@ fn status_part(n: &Notice<'_>) -> String {
     };
     for r in &n.recipients {
         t.push('\n');
+        if let Some(o) = &r.original {
+            field(&mut t, "Original-Recipient", &format!("rfc822; {o}"));
+        }
         field(&mut t, "Final-Recipient", &format!("rfc822; {}", r.address));
         field(&mut t, "Action", action);
         field(&mut t, "Status", &r.status);
@@ -329,6 +335,7 @@ mod tests {
             now: 1_795_884_235,
             retry_until: (kind == Kind::Delay).then_some(1_796_312_635),
             recipients: vec![Recipient {
+                original: None,
                 address: Mailbox::parse(b"bob@example.net").unwrap(),
                 status: "5.1.1".into(),
                 diagnostic: Some("550 5.1.1 no such user".into()),
@@ -362,6 +369,17 @@ mod tests {
         }
         assert!(!text.contains("Content-Transfer-Encoding"));
         assert!(text.lines().all(|l| l.len() <= 998));
+    }
+
+    #[test]
+    fn an_aliased_recipient_names_its_original() {
+        let to = Mailbox::parse(b"alice@example.org").unwrap();
+        let id = QueueId::parse("06929C7EB1E240ABCDEF012345").unwrap();
+        let mut n = notice(Kind::Failure, &to, &id, b"Subject: hi\n");
+        n.recipients[0].original = Some(Mailbox::parse(b"root@host.example").unwrap());
+        let text = String::from_utf8(compose(&n)).unwrap();
+        let want = "\n\nOriginal-Recipient: rfc822; root@host.example\nFinal-Recipient: rfc822; bob@example.net\n";
+        assert!(text.contains(want), "{text}");
     }
 
     #[test]

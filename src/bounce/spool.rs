@@ -127,7 +127,7 @@ pub fn enqueue(
         id: temp.id.clone(),
         arrival,
         uid: me.as_raw(),
-        login: login(me),
+        login: Some(login(me)),
         sender: Sender::Null,
         recipients: vec![recipient.clone()],
         size: message.len() as u64,

@@ -21,7 +21,8 @@ use outq_spool::log::escape;
 use super::inventory::{self};
 use crate::error::Error;
 use crate::queue::state::{RcptStatus, State};
-use crate::queue::store::{Queue, Request, Store, now};
+use crate::queue::store::{Moves, Queue, Request, Store, now};
+use outq_spool::address::Mailbox;
 
 /// What to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +66,8 @@ pub fn flush(store: &Store, ids: &[String]) -> Result<usize, Error> {
             Err(e) => return Err(fail(id, "make it due", e)),
         }
     }
+    // Said done only once the new times are on disk.
+    store.sync_states().map_err(|e| fail("state/", "flush the new times", e))?;
     wake_runner(store);
     Ok(n)
 }
@@ -88,22 +91,27 @@ pub fn apply(store: &Store, limits: &outq_spool::entry::Limits, id: &str, action
     }
     match (action, q) {
         (Action::Hold, Queue::New | Queue::Deferred) => {
-            let mut st = state_of(store, id)
-                .or_else(|| fresh(store, q, id, limits))
-                .ok_or_else(|| Error::new(format!("{shown} cannot be read"), "see 'outq show --json {shown}'"))?;
+            // Move first: once the entry is in hold/, no runner touches it
+            // or its state, so the state written next cannot race with
+            // an attempt's (a stale copy would forget deliveries).
+            store.rename_durably(q, Queue::Hold, id).map_err(|e| fail(id, "hold it", e))?;
+            let mut st = match fresh(store, Queue::Hold, id, limits) {
+                Some(recipients) => store.entry_state(id, &recipients),
+                None => state_of(store, id).unwrap_or_else(|| State::fresh(&[])),
+            };
             st.hold = Some("held by the operator".into());
             store.write_state(id, &st).map_err(|e| fail(id, "write its state", e))?;
-            store.rename(q, Queue::Hold, id).map_err(|e| fail(id, "hold it", e))?;
             Ok(format!("{shown}: held"))
         }
         (Action::Release, Queue::Hold) => {
+            // State first, while no runner looks at the entry.
             if let Some(mut st) = state_of(store, id) {
                 st.hold = None;
                 st.recoveries = 0;
                 st.next_attempt = now();
                 store.write_state(id, &st).map_err(|e| fail(id, "write its state", e))?;
             }
-            store.rename(Queue::Hold, Queue::Deferred, id).map_err(|e| fail(id, "release it", e))?;
+            store.rename_durably(Queue::Hold, Queue::Deferred, id).map_err(|e| fail(id, "release it", e))?;
             wake_runner(store);
             Ok(format!("{shown}: released"))
         }
@@ -115,17 +123,18 @@ pub fn apply(store: &Store, limits: &outq_spool::entry::Limits, id: &str, action
                 st.next_attempt = now();
                 store.write_state(id, &st).map_err(|e| fail(id, "write its state", e))?;
             }
-            store.rename(Queue::Failed, Queue::Deferred, id).map_err(|e| fail(id, "requeue it", e))?;
+            store.rename_durably(Queue::Failed, Queue::Deferred, id).map_err(|e| fail(id, "requeue it", e))?;
             wake_runner(store);
             Ok(format!("{shown}: requeued (failed recipients will be tried again)"))
         }
         (Action::Requeue, Queue::Corrupt) => {
+            let note = settle_corrupt_state(store, id).map_err(|e| fail(id, "clear its state", e))?;
             // Back through pickup, which validates it again.
-            store.rename(Queue::Corrupt, Queue::New, id).map_err(|e| fail(id, "requeue it", e))?;
-            Ok(format!("{shown}: requeued for validation"))
+            store.rename_durably(Queue::Corrupt, Queue::New, id).map_err(|e| fail(id, "requeue it", e))?;
+            Ok(format!("{shown}: requeued for validation{note}"))
         }
         (Action::Delete, _) => {
-            store.unlink(q, id).map_err(|e| fail(id, "delete it", e))?;
+            store.unlink_durably(q, id).map_err(|e| fail(id, "delete it", e))?;
             let _ = store.remove_state(id);
             crate::logging::info(&format!("{shown}: deleted by the operator from {}/", q.name()));
             Ok(format!("{shown}: deleted"))
@@ -137,8 +146,24 @@ pub fn apply(store: &Store, limits: &outq_spool::entry::Limits, id: &str, action
     }
 }
 
-fn fresh(store: &Store, q: Queue, id: &str, limits: &outq_spool::entry::Limits) -> Option<State> {
-    crate::queue::validate::load(store, q, id, limits).ok().map(|l| State::fresh(&l.parsed.header.recipients))
+/// The recipients of a valid entry.
+fn fresh(store: &Store, q: Queue, id: &str, limits: &outq_spool::entry::Limits) -> Option<Vec<Mailbox>> {
+    crate::queue::validate::load(store, q, id, limits).ok().map(|l| l.parsed.header.recipients)
+}
+
+/// Before a corrupt entry goes back to pickup: a state file that cannot
+/// be read is removed (pickup starts afresh, every recipient pending; a
+/// readable one keeps its delivery record, reconciled at pickup). Returns
+/// a note for the operator.
+fn settle_corrupt_state(store: &Store, id: &str) -> Result<String, nix::errno::Errno> {
+    match store.read_state(id) {
+        Ok(_) => Ok(String::new()),
+        Err(why) => {
+            store.remove_state(id)?;
+            crate::logging::warning(&format!("{}: removed unreadable state ({why}) on requeue", escape(id.as_bytes())));
+            Ok(format!(" (its unreadable state was removed: {why}; every recipient is pending)"))
+        }
+    }
 }
 
 fn word(a: Action) -> &'static str {
@@ -157,16 +182,21 @@ pub fn delete_older(store: &Store, q: Queue, older: Duration) -> Result<Vec<Stri
     }
     let t = now();
     let mut done = Vec::new();
+    let mut moves = Moves::new(store);
     for name in store.list(q).unwrap_or_default() {
         let arrival = outq_spool::queue_id::QueueId::parse(&name).map(|i| i.arrival_secs());
         let arrival = arrival
             .or_else(|| store.stat(q, &name).ok().map(|st| u64::try_from(st.st_mtime).unwrap_or(0)))
             .unwrap_or(t);
-        if t.saturating_sub(arrival) > older.as_secs() && store.unlink(q, &name).is_ok() {
-            let _ = store.remove_state(&name);
-            crate::logging::info(&format!("{}: deleted by the operator from {}/", escape(name.as_bytes()), q.name()));
-            done.push(escape(name.as_bytes()));
+        if t.saturating_sub(arrival) > older.as_secs() && moves.unlink(q, &name).is_ok() {
+            done.push(name);
         }
     }
-    Ok(done)
+    // Said done (and state removed) only once the removals are durable.
+    moves.commit().map_err(|e| fail(q.name(), "make the deletions durable", e))?;
+    for name in &done {
+        let _ = store.remove_state(name);
+        crate::logging::info(&format!("{}: deleted by the operator from {}/", escape(name.as_bytes()), q.name()));
+    }
+    Ok(done.iter().map(|n| escape(n.as_bytes())).collect())
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use outq_spool::entry::Limits;
 use outq_spool::queue_id::QueueId;
 
-use crate::queue::state::{RcptStatus, State};
+use crate::queue::state::{RcptStatus, reconcile};
 use crate::queue::store::{Queue, Store};
 use crate::queue::validate::{self, Loaded};
 
@@ -96,7 +96,8 @@ pub fn view(store: &Store, q: Queue, name: &str, limits: &Limits) -> EntryView {
             v.arrival = h.arrival;
             v.size = h.size;
             v.sender = h.sender.as_str().to_owned();
-            let st = state.clone().unwrap_or_else(|| State::fresh(&h.recipients));
+            // What the runner would do: the state reconciled with the entry.
+            let (st, _) = reconcile(Ok(state.clone()), &h.recipients);
             v.recipients = st
                 .recipients
                 .iter()

@@ -27,14 +27,31 @@ fn cell_next(v: &EntryView, t: u64) -> String {
     }
 }
 
+/// What the last column says when nothing was recorded: never empty, so
+/// that no entry sits in the queue without a word about why.
+fn no_reason(state: &str) -> &'static str {
+    match state {
+        "new" => "waiting for pickup",
+        "active" => "being delivered",
+        "deferred" => "waiting for its next attempt",
+        "hold" => "held (no reason recorded)",
+        "failed" => "failed (see 'outq show')",
+        _ => "quarantined (reason in the log)",
+    }
+}
+
 /// One line per entry.
 pub fn render(entries: &[EntryView], t: u64) -> String {
     let mut out = String::new();
     for v in entries {
         let sender =
             if v.sender.is_empty() && v.problem.is_none() { "<>".to_owned() } else { format!("<{}>", v.sender) };
-        let last =
-            v.problem.clone().or_else(|| v.last_error.clone()).or_else(|| v.hold_reason.clone()).unwrap_or_default();
+        let last = v
+            .problem
+            .clone()
+            .or_else(|| v.last_error.clone())
+            .or_else(|| v.hold_reason.clone())
+            .unwrap_or_else(|| no_reason(v.state).to_owned());
         out.push_str(&format!(
             "{:<26} {:<8} {:>4} {:>9} {} {}/{}/{} {} {}\n",
             v.id,

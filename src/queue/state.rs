@@ -16,8 +16,16 @@ last_error 451 4.3.0 try again later
 rcpt <alice@example.org> sent 250 2.0.0 Ok
 rcpt <bob@example.org> pending 451 4.3.0 try again later
 rcpt <eve@example.org> failed 550 5.1.1 no such user
+rcpt <admin@example.net> via <root@host.example> pending
 end
 ```
+
+`via <ENTRY-RECIPIENT>` (only on recipients that aliases produced) names
+the entry recipient an address was expanded from (`crate::aliases`): a
+state recipient stands for [`Rcpt::entry_recipient`], and reconciling a
+state with its entry compares that, so an expansion is accepted exactly
+when its origin is a recipient of the entry. Files without it read as
+before.
 
 The file is replaced atomically (temporary name, `fsync`, `rename`), and
 its modification time is set to `next_attempt`, so a scan of `deferred/`
@@ -59,6 +67,9 @@ impl RcptStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rcpt {
     pub address: Mailbox,
+    /// The entry recipient `address` was expanded from by aliases; `None`
+    /// when it is an entry recipient itself.
+    pub origin: Option<Mailbox>,
     pub status: RcptStatus,
     /// Last reply or reason, escaped, one line (may be empty).
     pub reply: String,
@@ -91,9 +102,20 @@ impl State {
             last_error: String::new(),
             recipients: recipients
                 .iter()
-                .map(|a| Rcpt { address: a.clone(), status: RcptStatus::Pending, reply: String::new() })
+                .map(|a| Rcpt { address: a.clone(), origin: None, status: RcptStatus::Pending, reply: String::new() })
                 .collect(),
         }
+    }
+
+    /// The recipients replaced by the alias expansion of the entry's
+    /// (`(address, origin)` pairs, from `crate::aliases::expand`), all
+    /// pending; everything else is kept.
+    pub fn with_expansion(self, expanded: Vec<(Mailbox, Option<Mailbox>)>) -> State {
+        let recipients = expanded
+            .into_iter()
+            .map(|(address, origin)| Rcpt { address, origin, status: RcptStatus::Pending, reply: String::new() })
+            .collect();
+        State { recipients, ..self }
     }
 
     pub fn pending(&self) -> impl Iterator<Item = &Rcpt> {
@@ -118,7 +140,14 @@ impl State {
         }
         let _ = writeln!(out, "last_error {}", clean(&self.last_error));
         for r in &self.recipients {
-            let _ = writeln!(out, "rcpt <{}> {} {}", r.address, r.status.word(), clean(&r.reply));
+            match &r.origin {
+                Some(o) => {
+                    let _ = writeln!(out, "rcpt <{}> via <{o}> {} {}", r.address, r.status.word(), clean(&r.reply));
+                }
+                None => {
+                    let _ = writeln!(out, "rcpt <{}> {} {}", r.address, r.status.word(), clean(&r.reply));
+                }
+            }
         }
         out.push_str("end\n");
         out
@@ -176,8 +205,72 @@ impl State {
     }
 }
 
-fn parse_rcpt(line: &str) -> Result<Rcpt, String> {
-    let rest = line.strip_prefix("rcpt <").ok_or("expected rcpt")?;
+impl Rcpt {
+    /// The entry recipient this state recipient stands for: its origin
+    /// when aliases produced it, else its own address. Reconciliation of a
+    /// state with its entry checks this against the entry's recipients.
+    pub fn entry_recipient(&self) -> &Mailbox {
+        self.origin.as_ref().unwrap_or(&self.address)
+    }
+}
+
+/// The state of an entry as it may be trusted: the stored state (or why it
+/// could not be read) reconciled with the entry's own recipients, and a
+/// note for each thing that did not match. This is the only place where
+/// the two are matched, so a new rule about which recipients belong to
+/// an entry goes here.
+///
+/// - an entry recipient the state does not mention is pending;
+/// - a state recipient the entry does not have is dropped, never delivered;
+/// - a state that could not be read is rebuilt from the entry, every
+///   recipient pending (re-sending is better than losing).
+pub fn reconcile(stored: Result<Option<State>, String>, recipients: &[Mailbox]) -> (State, Vec<String>) {
+    let mut notes = Vec::new();
+    let old = match stored {
+        Ok(Some(st)) => st,
+        Ok(None) => return (State::fresh(recipients), notes),
+        Err(why) => {
+            notes.push(format!("{why}: state rebuilt from the entry, every recipient pending"));
+            return (State::fresh(recipients), notes);
+        }
+    };
+    let mut unused: Vec<Option<Rcpt>> = old.recipients.iter().cloned().map(Some).collect();
+    let mut matched: Vec<Rcpt> = Vec::with_capacity(recipients.len());
+    for want in recipients {
+        if matched.iter().any(|r| belongs_to(r, want)) {
+            // The entry names it twice: it is delivered once.
+            continue;
+        }
+        // With aliases, one entry recipient may stand for several.
+        let before = matched.len();
+        matched.extend(
+            unused.iter_mut().filter(|r| r.as_ref().is_some_and(|r| belongs_to(r, want))).filter_map(Option::take),
+        );
+        if matched.len() == before {
+            notes.push(format!("<{want}> missing from the state: pending"));
+            matched.push(Rcpt {
+                address: want.clone(),
+                origin: None,
+                status: RcptStatus::Pending,
+                reply: String::new(),
+            });
+        }
+    }
+    for r in unused.into_iter().flatten() {
+        notes.push(format!("<{}> is in the state but not in the entry: dropped", r.address));
+    }
+    (State { recipients: matched, ..old }, notes)
+}
+
+/// Whether a state recipient stands for recipient `want` of the entry
+/// (itself, or an address aliases expanded it to).
+fn belongs_to(r: &Rcpt, want: &Mailbox) -> bool {
+    r.entry_recipient() == want
+}
+
+/// The address at the start of `rest` (after its `<`), up to its closing
+/// `>`, and what follows that `>`.
+fn take_address(rest: &str) -> Result<(Mailbox, &str), String> {
     // Find the address's closing '>' from the left, by the address grammar:
     // a quoted local part is skipped as a whole (it may hold "> "), and a
     // domain never contains '>'. The reply that follows may hold anything.
@@ -196,7 +289,18 @@ fn parse_rcpt(line: &str) -> Result<Rcpt, String> {
     }
     let close = rest.get(i..).and_then(|r| r.find('>')).map(|j| i + j).ok_or("rcpt: no closing '>'")?;
     let address = Mailbox::parse(rest.get(..close).unwrap_or("").as_bytes()).map_err(|e| format!("rcpt: {e}"))?;
-    let after = rest.get(close + 1..).unwrap_or("");
+    Ok((address, rest.get(close + 1..).unwrap_or("")))
+}
+
+fn parse_rcpt(line: &str) -> Result<Rcpt, String> {
+    let rest = line.strip_prefix("rcpt <").ok_or("expected rcpt")?;
+    let (address, mut after) = take_address(rest)?;
+    let mut origin = None;
+    if let Some(via) = after.strip_prefix(" via <") {
+        let (o, rest) = take_address(via)?;
+        origin = Some(o);
+        after = rest;
+    }
     let (word, reply) = after.strip_prefix(' ').and_then(|a| a.split_once(' ')).ok_or("rcpt without status")?;
     let status = match word {
         "pending" => RcptStatus::Pending,
@@ -204,7 +308,7 @@ fn parse_rcpt(line: &str) -> Result<Rcpt, String> {
         "failed" => RcptStatus::Failed,
         _ => return Err(format!("rcpt: unknown status {word:?}")),
     };
-    Ok(Rcpt { address, status, reply: reply.to_owned() })
+    Ok(Rcpt { address, origin, status, reply: reply.to_owned() })
 }
 
 /// Escape an untrusted text (a server's reply) for the state file and logs.
@@ -256,6 +360,25 @@ mod tests {
     }
 
     #[test]
+    fn alias_origins_round_trip() {
+        let s = State::fresh(&[addr("root@host.example")]).with_expansion(vec![
+            (addr("a@example.net"), Some(addr("root@host.example"))),
+            (addr("b@x.example"), None),
+        ]);
+        let text = s.encode();
+        assert!(text.contains("rcpt <a@example.net> via <root@host.example> pending \n"), "{text}");
+        let back = State::parse(&text).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.recipients[0].entry_recipient(), &addr("root@host.example"));
+        assert_eq!(back.recipients[1].entry_recipient(), &addr("b@x.example"));
+        // A reply that says "via" is a reply, not an origin.
+        let mut s = State::fresh(&[addr("a@example.org")]);
+        s.recipients[0].reply = "550 via <x@y.example>".into();
+        assert_eq!(State::parse(&s.encode()).unwrap(), s);
+        assert!(State::parse("outq-state 1\nattempts 0\nrecoveries 0\nnext_attempt 0\nlast_error \nrcpt <a@b.example> via <bad pending \nend\n").is_err());
+    }
+
+    #[test]
     fn hold_round_trips() {
         let mut s = State::fresh(&[addr("a@example.org")]);
         s.hold = Some("interrupted delivery 3 times".into());
@@ -280,6 +403,41 @@ rcpt <a@example.org> pending \nend\n";
         assert_eq!(State::parse(&s.encode()).unwrap(), s);
         assert!(State::parse(&text.replace("warned 1764349735", "warned soon")).is_err());
         assert!(State::parse(&text.replace("warned 1764349735", "warned -1")).is_err());
+    }
+
+    #[test]
+    fn reconcile_keeps_every_expansion_of_an_entry_recipient() {
+        let mut st = State::fresh(&[]).with_expansion(vec![
+            (addr("x@example.org"), Some(addr("root@example.org"))),
+            (addr("y@example.org"), Some(addr("root@example.org"))),
+        ]);
+        st.recipients[0].status = RcptStatus::Sent;
+        let entry = [addr("root@example.org"), addr("root@example.org")];
+        let (got, notes) = reconcile(Ok(Some(st.clone())), &entry);
+        assert_eq!(got.recipients, st.recipients);
+        assert!(notes.is_empty(), "{notes:?}");
+    }
+
+    #[test]
+    fn reconcile_drops_strangers_and_adds_the_missing() {
+        let mut st = State::fresh(&[addr("a@example.org"), addr("x@example.org")]);
+        st.recipients[0].status = RcptStatus::Sent;
+        st.recipients[1].status = RcptStatus::Pending;
+        st.attempts = 4;
+        let entry = [addr("a@example.org"), addr("b@example.org")];
+        let (got, notes) = reconcile(Ok(Some(st)), &entry);
+        assert_eq!(got.attempts, 4);
+        assert_eq!(got.recipients.len(), 2);
+        assert_eq!(got.recipients[0].status, RcptStatus::Sent);
+        assert_eq!(got.recipients[1].address, addr("b@example.org"));
+        assert_eq!(got.recipients[1].status, RcptStatus::Pending);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        let (got, notes) = reconcile(Err("state X: truncated".into()), &entry);
+        assert_eq!(got, State::fresh(&entry));
+        assert!(notes[0].contains("rebuilt"));
+        let (got, notes) = reconcile(Ok(None), &entry);
+        assert_eq!(got, State::fresh(&entry));
+        assert!(notes.is_empty());
     }
 
     #[test]

@@ -2,6 +2,12 @@
 The spool as the runner holds it: a descriptor per queue directory, opened
 once with `O_NOFOLLOW` and verified against `outq_spool::layout`, and the
 operations on entries that are all renames within one filesystem.
+
+Durability lives here and nowhere else: [`Moves`] batches renames and
+removals and flushes each changed directory once ([`DirSync`] shares one
+`fsync` among every thread waiting on the same directory); state files
+are published under a writer's own temporary name; delivered entries'
+removals are settled in batches before their state files go.
 */
 #![forbid(unsafe_code)]
 
@@ -9,6 +15,9 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::dir::Dir;
@@ -76,6 +85,42 @@ impl Request {
 /// Suffix of request files in `state/`.
 pub const REQUEST_SUFFIX: &str = ".request";
 
+/// Group commit of one directory's changes: every change takes a ticket
+/// after it is made; [`DirSync::sync`] returns once an `fsync` that began
+/// after the change has finished. Threads that wait while another
+/// thread's `fsync` runs share the next one, so a runner moving many
+/// entries pays for far fewer `fsync` calls than moves.
+#[derive(Debug, Default)]
+pub struct DirSync {
+    /// Tickets handed out (changes made).
+    changed: AtomicU64,
+    /// The highest ticket known to be on disk.
+    synced: Mutex<u64>,
+}
+
+impl DirSync {
+    /// Record a change already made; the ticket to wait for.
+    pub fn changed(&self) -> u64 {
+        self.changed.fetch_add(1, Ordering::SeqCst).saturating_add(1)
+    }
+
+    /// Make every change up to `ticket` durable.
+    pub fn sync(&self, dir: &OwnedFd, ticket: u64) -> Result<(), Errno> {
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if *synced >= ticket {
+            return Ok(());
+        }
+        // Everything counted before the fsync starts is covered by it.
+        let covered = self.changed.load(Ordering::SeqCst);
+        fsync(dir.as_fd())?;
+        *synced = covered.max(*synced);
+        Ok(())
+    }
+}
+
+/// Counter that makes each temporary name of this process unique.
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
 /// The open spool.
 #[derive(Debug)]
 pub struct Store {
@@ -83,6 +128,13 @@ pub struct Store {
     root_fd: OwnedFd,
     dirs: Vec<OwnedFd>,
     state: OwnedFd,
+    /// One group commit per queue directory (index as `dirs`), and the
+    /// last one for `state/`.
+    syncs: Vec<DirSync>,
+    /// Delivered entries removed from `active/` whose removal is not yet
+    /// known to be durable (their state files wait for it), with tickets.
+    delivered: Mutex<Vec<(String, u64)>>,
+    delivered_added: Condvar,
     /// The helper's group: every entry in `new/` must have it.
     pub drop_gid: Gid,
 }
@@ -132,7 +184,17 @@ impl Store {
         let dirs = Queue::ALL.iter().map(|q| open_dir(q.name())).collect::<Result<Vec<_>, _>>()?;
         let state = open_dir(layout::STATE)?;
         let drop_gid = drop_gid.ok_or_else(|| Error::temp("spool has no new/ directory", "run 'outq init'"))?;
-        Ok(Store { root: root.to_path_buf(), root_fd, dirs, state, drop_gid })
+        let syncs = (0..=Queue::ALL.len()).map(|_| DirSync::default()).collect();
+        Ok(Store {
+            root: root.to_path_buf(),
+            root_fd,
+            dirs,
+            state,
+            syncs,
+            delivered: Mutex::new(Vec::new()),
+            delivered_added: Condvar::new(),
+            drop_gid,
+        })
     }
 
     pub fn root_fd(&self) -> &OwnedFd {
@@ -194,11 +256,83 @@ impl Store {
     }
 
     /// Move `name` from one queue to another, never replacing anything.
+    /// Not yet durable: see [`Store::rename_durably`] and [`Moves`].
     pub fn rename(&self, from: Queue, to: Queue, name: &str) -> Result<(), Errno> {
         renameat2(self.dir(from).as_fd(), name, self.dir(to).as_fd(), name, RenameFlags::RENAME_NOREPLACE)
     }
 
-    /// Move `name` to `corrupt/`, adding `.1`, `.2`, ... if the name is taken.
+    /// Move `name` and make the move durable before returning: the
+    /// destination directory is flushed (the new name survives) and the
+    /// source too (the old name does not come back beside it, or instead
+    /// of it, after a power cut on a file system that orders nothing).
+    pub fn rename_durably(&self, from: Queue, to: Queue, name: &str) -> Result<(), Errno> {
+        let mut moves = Moves::new(self);
+        moves.rename(from, to, name)?;
+        moves.commit()
+    }
+
+    /// Remove `name` from `q` durably (see [`Store::rename_durably`]).
+    pub fn unlink_durably(&self, q: Queue, name: &str) -> Result<(), Errno> {
+        let mut moves = Moves::new(self);
+        moves.unlink(q, name)?;
+        moves.commit()
+    }
+
+    /// Remove a delivered entry from `active/`. Its state file stays until
+    /// [`Store::settle_delivered`] has made the removal durable: were the
+    /// state removed first, or its removal reach the disk first, a crash
+    /// would leave an entry with no record of its delivery, sent again in
+    /// full.
+    pub fn remove_delivered(&self, id: &str) -> Result<(), Errno> {
+        self.unlink(Queue::Active, id)?;
+        let ticket = self.changed(Some(Queue::Active));
+        self.delivered.lock().unwrap_or_else(|p| p.into_inner()).push((id.to_owned(), ticket));
+        self.delivered_added.notify_one();
+        Ok(())
+    }
+
+    /// Make the removals of delivered entries durable, all with one
+    /// `fsync` of `active/`, then remove their state files. Waits up to
+    /// `wait` for one to arrive; returns the IDs settled. Removals made
+    /// while one `fsync` runs are all settled by the next, so the batch
+    /// grows with the rate of deliveries and adds no delay.
+    pub fn settle_delivered(&self, wait: Duration) -> Result<Vec<String>, Errno> {
+        let mut pending = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.is_empty() && !wait.is_zero() {
+            pending =
+                self.delivered_added.wait_timeout(pending, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        }
+        let batch = std::mem::take(&mut *pending);
+        drop(pending);
+        let Some(ticket) = batch.iter().map(|(_, t)| *t).max() else { return Ok(Vec::new()) };
+        self.sync_dir(Some(Queue::Active), ticket)?;
+        let mut done = Vec::with_capacity(batch.len());
+        for (id, _) in batch {
+            let _ = self.remove_state(&id);
+            done.push(id);
+        }
+        Ok(done)
+    }
+
+    /// Wait until the changes of directory `dir` (`None`: `state/`) up to
+    /// `ticket` are on disk.
+    fn sync_dir(&self, dir: Option<Queue>, ticket: u64) -> Result<(), Errno> {
+        let i = dir.map(Queue::index).unwrap_or(Queue::ALL.len());
+        let fd = dir.map(|q| self.dir(q)).unwrap_or(&self.state);
+        match self.syncs.get(i) {
+            Some(s) => s.sync(fd, ticket),
+            None => fsync(fd.as_fd()),
+        }
+    }
+
+    /// Count a change made in directory `dir` (`None`: `state/`).
+    fn changed(&self, dir: Option<Queue>) -> u64 {
+        let i = dir.map(Queue::index).unwrap_or(Queue::ALL.len());
+        self.syncs.get(i).map(DirSync::changed).unwrap_or(u64::MAX)
+    }
+
+    /// Move `name` to `corrupt/` durably, adding `.1`, `.2`, ... if the
+    /// name is taken.
     pub fn quarantine(&self, from: Queue, name: &str) -> Result<String, Errno> {
         let mut target = name.to_owned();
         for n in 1..1000 {
@@ -209,7 +343,13 @@ impl Store {
                 target.as_str(),
                 RenameFlags::RENAME_NOREPLACE,
             ) {
-                Ok(()) => return Ok(target),
+                Ok(()) => {
+                    let mut moves = Moves::new(self);
+                    moves.touch(Some(Queue::Corrupt));
+                    moves.touch(Some(from));
+                    moves.commit()?;
+                    return Ok(target);
+                }
                 Err(Errno::EEXIST) => target = format!("{name}.{n}"),
                 Err(e) => return Err(e),
             }
@@ -248,6 +388,16 @@ impl Store {
         State::parse(&text).map(Some).map_err(|e| format!("state {id}: {e}"))
     }
 
+    /// The state of entry `id` reconciled with its recipients (see
+    /// [`super::state::reconcile`]); whatever did not match is logged.
+    pub fn entry_state(&self, id: &str, recipients: &[outq_spool::address::Mailbox]) -> State {
+        let (state, notes) = super::state::reconcile(self.read_state(id), recipients);
+        for n in notes {
+            crate::logging::warning(&format!("{id}: {n}"));
+        }
+        state
+    }
+
     /// The next-attempt time of `id` (its state file's mtime), without
     /// opening anything. `None` when there is no state file.
     pub fn due_time(&self, id: &str) -> Option<u64> {
@@ -264,37 +414,65 @@ impl Store {
             .map(|st| u64::try_from(st.st_ctime).unwrap_or(0))
     }
 
+    /// When a state file was last changed (ctime: seconds, nanoseconds).
+    pub fn state_changed(&self, name: &str) -> Option<(i64, i64)> {
+        fstatat(self.state.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).ok().map(|st| (st.st_ctime, st.st_ctime_nsec))
+    }
+
     /// Replace the state of `id` durably: temporary file, mtime set to the
     /// next attempt, fsync, rename, fsync of `state/`.
     pub fn write_state(&self, id: &str, state: &State) -> Result<(), Errno> {
-        let tmp = format!(".{id}.tmp");
-        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        self.publish(id, state.encode().as_bytes(), Some(state.next_attempt))
+    }
+
+    /// Write `state/NAME` atomically and durably. The temporary name is
+    /// this writer's own (pid and a counter, created exclusively), so two
+    /// writers (the runner and an operator command) never write into the
+    /// same file: each publishes a whole file, or nothing.
+    fn publish(&self, name: &str, bytes: &[u8], mtime: Option<u64>) -> Result<(), Errno> {
+        let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = format!(".{name}.{}.{seq}.tmp", std::process::id());
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = openat(self.state.as_fd(), tmp.as_str(), flags, Mode::from_bits_truncate(0o600))?;
         let mut f = File::from(fd);
-        f.write_all(state.encode().as_bytes()).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(5)))?;
-        let t = TimeSpec::new(i64::try_from(state.next_attempt).unwrap_or(i64::MAX), 0);
-        futimens(f.as_fd(), &t, &t)?;
-        fsync(f.as_fd())?;
-        nix::fcntl::renameat(self.state.as_fd(), tmp.as_str(), self.state.as_fd(), id)?;
-        fsync(self.state.as_fd())
+        let written = f
+            .write_all(bytes)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(5)))
+            .and_then(|()| match mtime {
+                Some(m) => {
+                    let t = TimeSpec::new(i64::try_from(m).unwrap_or(i64::MAX), 0);
+                    futimens(f.as_fd(), &t, &t)
+                }
+                None => Ok(()),
+            })
+            .and_then(|()| fsync(f.as_fd()))
+            .and_then(|()| nix::fcntl::renameat(self.state.as_fd(), tmp.as_str(), self.state.as_fd(), name));
+        if let Err(e) = written {
+            let _ = unlinkat(self.state.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(e);
+        }
+        let ticket = self.changed(None);
+        self.sync_dir(None, ticket)
     }
 
     /// Set the next attempt of `id` to `when` (mtime only; `outq flush`).
+    /// Not yet durable: see [`Store::sync_states`].
     pub fn set_due(&self, id: &str, when: u64) -> Result<(), Errno> {
         let fd = openat(self.state.as_fd(), id, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
         let t = TimeSpec::new(i64::try_from(when).unwrap_or(i64::MAX), 0);
         futimens(fd.as_fd(), &t, &t)
     }
 
-    /// Record an operator's request for an entry in `active/`.
+    /// Make every change to state files durable at once (`syncfs` of the
+    /// spool's file system: one call however many files `outq flush`
+    /// touched).
+    pub fn sync_states(&self) -> Result<(), Errno> {
+        nix::unistd::syncfs(self.state.as_fd())
+    }
+
+    /// Record an operator's request for an entry in `active/`, durably.
     pub fn write_request(&self, id: &str, req: Request) -> Result<(), Errno> {
-        let name = format!("{id}{REQUEST_SUFFIX}");
-        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = openat(self.state.as_fd(), name.as_str(), flags, Mode::from_bits_truncate(0o600))?;
-        let mut f = File::from(fd);
-        f.write_all(format!("{}\n", req.word()).as_bytes())
-            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(5)))?;
-        fsync(f.as_fd())
+        self.publish(&format!("{id}{REQUEST_SUFFIX}"), format!("{}\n", req.word()).as_bytes(), None)
     }
 
     /// Take (read and remove) the request for `id`, if any.
@@ -331,6 +509,69 @@ impl Store {
             }
         }
         Ok(names)
+    }
+}
+
+/// Renames and removals whose directory flushes are done together, once
+/// per directory, by [`Moves::commit`]. Nothing that depends on a move
+/// (a log line saying it happened, an operator's "done", removing a state
+/// file) may happen before the commit returns.
+#[derive(Debug)]
+pub struct Moves<'a> {
+    store: &'a Store,
+    /// Directories changed (`None`: `state/`) and the last ticket of each.
+    dirty: Vec<(Option<Queue>, u64)>,
+}
+
+impl<'a> Moves<'a> {
+    pub fn new(store: &'a Store) -> Moves<'a> {
+        Moves { store, dirty: Vec::new() }
+    }
+
+    fn touch(&mut self, dir: Option<Queue>) {
+        let ticket = self.store.changed(dir);
+        match self.dirty.iter_mut().find(|(d, _)| *d == dir) {
+            Some((_, t)) => *t = ticket,
+            None => self.dirty.push((dir, ticket)),
+        }
+    }
+
+    /// Rename without replacing; both directories are flushed at commit.
+    pub fn rename(&mut self, from: Queue, to: Queue, name: &str) -> Result<(), Errno> {
+        self.store.rename(from, to, name)?;
+        self.touch(Some(to));
+        self.touch(Some(from));
+        Ok(())
+    }
+
+    /// Remove a name from a queue.
+    pub fn unlink(&mut self, q: Queue, name: &str) -> Result<(), Errno> {
+        self.store.unlink(q, name)?;
+        self.touch(Some(q));
+        Ok(())
+    }
+
+    /// Remove a state file (or request file), flushed at commit.
+    pub fn remove_state(&mut self, name: &str) -> Result<(), Errno> {
+        self.store.remove_state(name)?;
+        self.touch(None);
+        Ok(())
+    }
+
+    /// Whether anything waits for a commit.
+    pub fn is_empty(&self) -> bool {
+        self.dirty.is_empty()
+    }
+
+    /// Flush every changed directory (destinations first).
+    pub fn commit(&mut self) -> Result<(), Errno> {
+        let mut result = Ok(());
+        for (dir, ticket) in std::mem::take(&mut self.dirty) {
+            if let Err(e) = self.store.sync_dir(dir, ticket) {
+                result = Err(e);
+            }
+        }
+        result
     }
 }
 

@@ -12,6 +12,10 @@ One delivery attempt of one entry, from `active/` to its next place.
 */
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use nix::unistd::{Uid, User};
 use outq_spool::address::Mailbox;
 use outq_spool::log::escape;
@@ -33,15 +37,43 @@ pub enum Disposition {
     Deferred,
     Failed,
     /// The attempt could not even record its result; the entry stays in
-    /// `active/` and is recovered at the next start.
+    /// `active/` and is taken again at the next full queue run.
     Stuck,
 }
 
+/// How long a login name looked up for the Received header is reused: the
+/// submitters of a queue are few, and one password-database lookup per
+/// message (an open, read and close of /etc/passwd with the `files`
+/// backend) was a good part of the runner's system calls. A renamed
+/// account shows its new name after at most this long.
+const LOGIN_TTL: Duration = Duration::from_secs(60);
+/// Most names kept; beyond that the cache starts over.
+const LOGIN_CACHE_MAX: usize = 256;
+
+/// Names by uid, with when they were looked up (shared by the workers).
+static LOGINS: Mutex<BTreeMap<u32, (String, Instant)>> = Mutex::new(BTreeMap::new());
+
 fn login_of(uid: u32) -> String {
-    match User::from_uid(Uid::from_raw(uid)) {
-        Ok(Some(u)) => escape(u.name.as_bytes()),
-        _ => "unknown".into(),
+    let now = Instant::now();
+    if let Ok(cache) = LOGINS.lock() {
+        if let Some((name, at)) = cache.get(&uid) {
+            if now.saturating_duration_since(*at) < LOGIN_TTL {
+                return name.clone();
+            }
+        }
     }
+    let name = match User::from_uid(Uid::from_raw(uid)) {
+        Ok(Some(u)) => escape(u.name.as_bytes()),
+        // Not kept: the next message asks again.
+        _ => return "unknown".into(),
+    };
+    if let Ok(mut cache) = LOGINS.lock() {
+        if cache.len() >= LOGIN_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(uid, (name.clone(), now));
+    }
+    name
 }
 
 /// The trace header outq adds: who submitted it, from the file's owner.
@@ -139,15 +171,18 @@ fn finish(store: &Store, s: &Settings, entry: &Loaded, mut state: State) -> Disp
     let id = entry.id.as_str();
     match store.take_request(id) {
         Some(Request::Delete) => {
-            let _ = store.unlink(Queue::Active, id);
-            let _ = store.remove_state(id);
-            logging::info(&format!("{id}: deleted by the operator after its attempt"));
-            return Disposition::Delivered;
+            if store.unlink_durably(Queue::Active, id).is_ok() {
+                let _ = store.remove_state(id);
+                logging::info(&format!("{id}: deleted by the operator after its attempt"));
+                return Disposition::Delivered;
+            }
+            logging::warning(&format!("{id}: cannot delete as the operator asked"));
+            return Disposition::Stuck;
         }
         Some(Request::Hold) if state.count(RcptStatus::Pending) > 0 => {
             state.hold = Some("held by the operator".into());
             state.next_attempt = now();
-            if store.write_state(id, &state).is_ok() && store.rename(Queue::Active, Queue::Hold, id).is_ok() {
+            if store.write_state(id, &state).is_ok() && store.rename_durably(Queue::Active, Queue::Hold, id).is_ok() {
                 logging::info(&format!("{id}: held by the operator after its attempt"));
                 return Disposition::Deferred;
             }
@@ -157,15 +192,7 @@ fn finish(store: &Store, s: &Settings, entry: &Loaded, mut state: State) -> Disp
     let pending = state.count(RcptStatus::Pending);
     let failed = state.count(RcptStatus::Failed);
     if pending == 0 && failed == 0 {
-        // Entry first: if we die between the two, an orphan state file is
-        // removed at the next start; the other order would re-send.
-        if let Err(e) = store.unlink(Queue::Active, id) {
-            logging::warning(&format!("{id}: cannot remove delivered entry: {}", e.desc()));
-            return Disposition::Stuck;
-        }
-        let _ = store.remove_state(id);
-        logging::info(&format!("{id}: removed (delivered)"));
-        return Disposition::Delivered;
+        return remove_delivered(store, id, &state);
     }
     let (to, disposition) = if pending == 0 {
         state.next_attempt = now();
@@ -185,7 +212,7 @@ fn finish(store: &Store, s: &Settings, entry: &Loaded, mut state: State) -> Disp
         logging::warning(&format!("{id}: cannot write delivery state: {}", e.desc()));
         return Disposition::Stuck;
     }
-    if let Err(e) = store.rename(Queue::Active, to, id) {
+    if let Err(e) = store.rename_durably(Queue::Active, to, id) {
         logging::warning(&format!("{id}: cannot move to {}/: {}", to.name(), e.desc()));
         return Disposition::Stuck;
     }
@@ -193,4 +220,38 @@ fn finish(store: &Store, s: &Settings, entry: &Loaded, mut state: State) -> Disp
         logging::info(&format!("{id}: moved to failed/ ({failed} recipient(s) failed)"));
     }
     disposition
+}
+
+/// Remove a delivered entry. The entry goes first; its state file goes
+/// once the removal is durable, batched with other removals by the
+/// runner's settling thread (see `Store::settle_delivered`). The duplicate
+/// window is from the relay's acceptance to that `fsync`.
+fn remove_delivered(store: &Store, id: &str, state: &State) -> Disposition {
+    if let Err(e) = store.remove_delivered(id) {
+        logging::warning(&format!("{id}: cannot remove delivered entry: {}", e.desc()));
+        // The name may still be there: record that every recipient was
+        // sent, so that taking it again sends nothing.
+        let _ = store.write_state(id, state);
+        return Disposition::Stuck;
+    }
+    Disposition::Delivered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_names_are_cached_for_a_while() {
+        // A uid no account has: only the cache can give it a name.
+        let uid = u32::MAX - 7;
+        assert_eq!(login_of(uid), "unknown");
+        LOGINS.lock().unwrap().insert(uid, ("cached".into(), Instant::now()));
+        assert_eq!(login_of(uid), "cached");
+        let old = Instant::now().checked_sub(LOGIN_TTL * 2).unwrap();
+        LOGINS.lock().unwrap().insert(uid, ("cached".into(), old));
+        assert_eq!(login_of(uid), "unknown", "an expired name is looked up again");
+        assert_eq!(login_of(0), "root");
+        assert_eq!(LOGINS.lock().unwrap().get(&0).map(|(n, _)| n.as_str()), Some("root"));
+    }
 }

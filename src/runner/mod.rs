@@ -15,7 +15,11 @@ The main thread holds the queue lock, recovers, picks up `new/` (woken by
 inotify within a second of a commit), scans `deferred/` for due entries
 (one `stat` of each state file, no open), and hands claimed entries to
 `connections` worker threads, each owning its transport and so its SMTP
-connection. SIGTERM/SIGINT stop new work and let attempts finish within
+connection. The moves into `active/` of one dispatch are made durable
+together before any is delivered; a settling thread makes delivered
+entries' removals durable in batches, then removes their state files.
+Each full pass also takes again any entry left in `active/` by an attempt
+that could not record its result. SIGTERM/SIGINT stop new work and let attempts finish within
 `shutdown_timeout`; SIGHUP reloads the configuration.
 
 - [`lock`]: one runner per spool;
@@ -50,18 +54,22 @@ use outq_spool::entry::Limits;
 use outq_spool::queue_id::QueueId;
 
 use crate::admin::config_trust;
-use crate::config::RunnerConfig;
+use crate::aliases::{self, Aliases};
+use crate::config::{Aliasing, RunnerConfig};
 use crate::deliver;
 use crate::error::Error;
 use crate::logging;
 use crate::queue::state::State;
-use crate::queue::store::{Queue, Store, now};
+use crate::queue::store::{Moves, Queue, Store, now};
 use crate::queue::validate::{self, Loaded};
+use outq_spool::log::escape;
 
 /// What every worker needs, replaced as a whole on SIGHUP.
 #[derive(Debug)]
 pub struct Settings {
     pub runner: RunnerConfig,
+    /// Where local names go (`alias_file`, `admin_address`).
+    pub aliasing: Aliasing,
     pub host: String,
     pub limits: Limits,
     /// Set when the runner is shutting down: workers finish the current
@@ -93,9 +101,11 @@ pub fn load_settings(opts: &RunOptions, stop: Arc<AtomicBool>, generation: u64) 
         .map_err(|e| Error::temp(e.to_string(), "correct the configuration (see outq.conf(5)) and 'outq check'"))?;
     let runner = RunnerConfig::from_config(&cfg)
         .map_err(|e| Error::temp(format!("{}: {e}", path.display()), "correct that line (see outq.conf(5))"))?;
+    let aliasing = Aliasing::from_config(&cfg)
+        .map_err(|e| Error::temp(format!("{}: {e}", path.display()), "correct that line (see outq.conf(5))"))?;
     let host = spool_config::effective_hostname(&cfg);
     let limits = Limits { max_recipients: cfg.max_recipients, max_size: cfg.message_size_limit };
-    Ok((cfg, Settings { runner, host, limits, stop, generation }))
+    Ok((cfg, Settings { runner, aliasing, host, limits, stop, generation }))
 }
 
 /// Open and validate an entry, quarantining it when it fails.
@@ -188,6 +198,40 @@ struct Runner {
     workers: Vec<JoinHandle<()>>,
     in_flight: HashSet<QueueId>,
     ready: VecDeque<(Queue, String)>,
+    /// The thread that makes delivered entries' removals durable.
+    settler: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    aliases: AliasCache,
+}
+
+/// The aliases file as last read, re-read when its identity or time stamp
+/// changes (no `newaliases` step is needed).
+#[derive(Debug, Default)]
+struct AliasCache {
+    /// (path, device, inode, mtime, ctime, size) of what `aliases` holds;
+    /// `None` before the first read or for a missing file.
+    key: Option<(PathBuf, u64, u64, i64, i64, i64)>,
+    aliases: Aliases,
+    loaded: bool,
+}
+
+impl AliasCache {
+    /// The current aliases, or why they cannot be used now.
+    fn get(&mut self, path: &std::path::Path) -> Result<&Aliases, String> {
+        let key = match nix::sys::stat::stat(path) {
+            Ok(st) => Some((path.to_path_buf(), st.st_dev, st.st_ino, st.st_mtime, st.st_ctime, st.st_size)),
+            Err(nix::errno::Errno::ENOENT) => None,
+            Err(e) => return Err(format!("aliases file {}: {}", path.display(), e.desc())),
+        };
+        if !self.loaded || key != self.key {
+            self.aliases = Aliases::load(path)?;
+            for p in &self.aliases.problems {
+                logging::warning(&format!("aliases file {}: {p}", path.display()));
+            }
+            self.key = key;
+            self.loaded = true;
+        }
+        Ok(&self.aliases)
+    }
 }
 
 impl Runner {
@@ -207,7 +251,14 @@ impl Runner {
                 .map_err(|e| Error::temp(format!("cannot start a delivery thread: {e}"), "check memory limits"))?;
             workers.push(handle);
         }
+        let done = Arc::new(AtomicBool::new(false));
+        let (st, flag) = (store.clone(), done.clone());
+        let settler = std::thread::Builder::new()
+            .name("settle-removals".into())
+            .spawn(move || settle_removals(&st, &flag))
+            .map_err(|e| Error::temp(format!("cannot start a thread: {e}"), "check memory limits"))?;
         Ok(Runner {
+            settler: Some((done, settler)),
             store,
             settings,
             jobs: Some(jobs_tx),
@@ -216,6 +267,7 @@ impl Runner {
             workers,
             in_flight: HashSet::new(),
             ready: VecDeque::new(),
+            aliases: AliasCache::default(),
         })
     }
 
@@ -254,32 +306,64 @@ impl Runner {
                     self.ready.push_back((Queue::Deferred, name));
                 }
             }
+            self.retry_stuck(&queued);
         }
         self.dispatch();
     }
 
-    /// Claim and hand out ready entries while the window has room.
+    /// Entries in `active/` that no attempt holds: their attempt could not
+    /// record its result (state write or rename failed). This runner holds
+    /// the queue lock, so nobody else is delivering them; they are taken
+    /// again where they are, at every full pass.
+    fn retry_stuck(&mut self, queued: &HashSet<String>) {
+        let mut stuck: Vec<String> = self.store.list(Queue::Active).unwrap_or_default();
+        stuck.retain(|n| !queued.contains(n) && QueueId::parse(n).is_none_or(|id| !self.in_flight.contains(&id)));
+        stuck.sort();
+        for name in stuck {
+            logging::info(&format!("{}: left in active/ by an earlier attempt; retried", escape(name.as_bytes())));
+            self.ready.push_back((Queue::Active, name));
+        }
+    }
+
+    /// Claim and hand out ready entries while the window has room. The
+    /// moves into `active/` are made durable together, once per pass of
+    /// this loop, before any of them is delivered: a crash after a
+    /// delivery must find the entry in `active/` (recovered), never again
+    /// in `new/` or `deferred/` beside a lost state.
     fn dispatch(&mut self) {
-        while self.in_flight.len() < self.window() {
+        let mut claimed = Vec::new();
+        let store = self.store.clone();
+        let mut moves = Moves::new(&store);
+        while self.in_flight.len() + claimed.len() < self.window() {
             let Some((from, name)) = self.ready.pop_front() else { break };
-            if let Some(job) = self.claim(from, &name) {
-                self.in_flight.insert(job.entry.id.clone());
-                if let Some(tx) = &self.jobs {
-                    if tx.send(job).is_err() {
-                        logging::warning("delivery threads have stopped");
-                    }
+            if let Some(job) = self.claim(&mut moves, from, &name) {
+                claimed.push(job);
+            }
+        }
+        if let Err(e) = moves.commit() {
+            // Left in active/ and claimed again at the next full pass.
+            logging::warning(&format!("cannot make the pickup durable ({}); delivery postponed", e.desc()));
+            return;
+        }
+        for job in claimed {
+            self.in_flight.insert(job.entry.id.clone());
+            if let Some(tx) = &self.jobs {
+                if tx.send(job).is_err() {
+                    logging::warning("delivery threads have stopped");
                 }
             }
         }
     }
 
-    /// Validate and move an entry into `active/`, with its state.
-    fn claim(&mut self, from: Queue, name: &str) -> Option<Job> {
+    /// Validate and move an entry into `active/`, with its state. An entry
+    /// already in `active/` (left there by an attempt that could not record
+    /// its result) is taken where it is.
+    fn claim(&mut self, moves: &mut Moves<'_>, from: Queue, name: &str) -> Option<Job> {
         let s = self.settings.clone();
         let entry = match from {
             Queue::New => {
                 let entry = load(&self.store, &s, Queue::New, name)?;
-                self.store.rename(Queue::New, Queue::Active, name).ok()?;
+                moves.rename(Queue::New, Queue::Active, name).ok()?;
                 // The name we moved must still be the file we checked.
                 let st = self.store.stat(Queue::Active, name).ok()?;
                 if st.st_ino != entry.inode {
@@ -296,23 +380,61 @@ impl Runner {
                 ));
                 entry
             }
+            Queue::Active => load(&self.store, &s, Queue::Active, name)?,
             _ => {
-                self.store.rename(from, Queue::Active, name).ok()?;
+                moves.rename(from, Queue::Active, name).ok()?;
                 load(&self.store, &s, Queue::Active, name)?
             }
         };
-        let state = match self.store.read_state(name) {
-            // An entry being delivered is not held, whatever a racing
-            // `outq hold` wrote before its rename failed.
-            Ok(Some(st)) => State { hold: None, ..st },
-            Ok(None) => State::fresh(&entry.parsed.header.recipients),
+        // An entry being delivered is not held, whatever a racing `outq
+        // hold` wrote before its rename failed.
+        let state = State { hold: None, ..self.store.entry_state(name, &entry.parsed.header.recipients) };
+        // Aliases apply once, before the first attempt; afterwards the
+        // recorded expansion is what is delivered.
+        let state = if state.attempts == 0 {
+            match self.expand(&entry, state) {
+                Some(st) => st,
+                None => {
+                    let _ = self.store.rename_durably(Queue::Active, Queue::Deferred, name);
+                    return None;
+                }
+            }
+        } else {
+            state
+        };
+        Some(Job { entry, state, settings: s })
+    }
+
+    /// The state with the entry's recipients expanded through the aliases
+    /// file; `None` when the file cannot be used now (the entry waits, as
+    /// a mail system does when its alias database is unavailable).
+    fn expand(&mut self, entry: &Loaded, state: State) -> Option<State> {
+        let aliasing = self.settings.aliasing.clone();
+        let aliases = match self.aliases.get(&aliasing.alias_file) {
+            Ok(a) => a,
             Err(e) => {
-                logging::warning(&format!("{e}; quarantined"));
-                recover::quarantine(&self.store, Queue::Active, name, "unreadable state");
+                logging::warning(&format!("{}: {e}; deferred until the file can be read", entry.id));
                 return None;
             }
         };
-        Some(Job { entry, state, settings: s })
+        let mut expanded: Vec<(outq_spool::address::Mailbox, Option<outq_spool::address::Mailbox>)> = Vec::new();
+        for rcpt in &entry.parsed.header.recipients {
+            let e = aliases::expand(rcpt, aliases, &aliasing);
+            for note in &e.notes {
+                logging::warning(&format!("{}: {note}", entry.id));
+            }
+            for a in e.addresses {
+                if expanded.iter().any(|(x, _)| x.as_str().eq_ignore_ascii_case(a.as_str())) {
+                    continue;
+                }
+                let origin = (a != *rcpt).then(|| rcpt.clone());
+                if let Some(o) = &origin {
+                    logging::info(&format!("{}: to=<{o}> aliased to <{a}>", entry.id));
+                }
+                expanded.push((a, origin));
+            }
+        }
+        Some(state.with_expansion(expanded))
     }
 
     /// Collect finished attempts without waiting.
@@ -460,6 +582,36 @@ impl Runner {
                 self.in_flight.len()
             ));
         }
+        if let Some((done, handle)) = self.settler.take() {
+            done.store(true, Ordering::SeqCst);
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Settle delivered entries' removals until `done`, then the last ones.
+fn settle_removals(store: &Store, done: &AtomicBool) {
+    loop {
+        let last = done.load(Ordering::SeqCst);
+        let wait = if last { Duration::ZERO } else { Duration::from_millis(200) };
+        match store.settle_delivered(wait) {
+            Ok(ids) => {
+                for id in &ids {
+                    logging::info(&format!("{id}: removed (delivered)"));
+                }
+                if last && ids.is_empty() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // The state files stay (removed later as orphans); the
+                // entries are gone unless the disk lost their removal.
+                logging::warning(&format!("cannot make removals of delivered entries durable: {}", e.desc()));
+                if last {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -487,14 +639,14 @@ fn worker(store: &Store, jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, wake:
         let id = job.entry.id.clone();
         if s.stopping() {
             // Claimed but not started: hand it back, due now, untouched.
-            if store.rename(Queue::Active, Queue::Deferred, id.as_str()).is_ok() {
+            if store.rename_durably(Queue::Active, Queue::Deferred, id.as_str()).is_ok() {
                 let _ = store.set_due(id.as_str(), now());
             }
         } else if let Some((_, t)) = transport.as_mut() {
             attempt::attempt(store, &s, t.as_mut(), &job.entry, job.state);
         } else {
             // No transport could be built: leave it for a later pass.
-            let _ = store.rename(Queue::Active, Queue::Deferred, id.as_str());
+            let _ = store.rename_durably(Queue::Active, Queue::Deferred, id.as_str());
         }
         let _ = done.send(Done { id });
         let _ = nix::unistd::write(wake, b"x");

@@ -1,37 +1,65 @@
 /*!
 Start-up recovery and periodic maintenance, done while holding the lock.
 
+- One file under two queue names is a rename a crash interrupted (a file
+  system without a journal can leave both names): the later stage is kept
+  and the earlier name removed ([`resolve_double_names`]).
 - Everything in `active/` belonged to a runner that died: it goes to
   `deferred/`, due now, with the recovery counted in its state. An entry
   recovered 3 times goes to `hold/` ("interrupted delivery 3 times"), so a
-  message that crashes the runner cannot cause a mail flood.
-- Files in `tmp/` whose writer is gone are reclaimed at once (see
-  [`sweep_tmp`]): the helper holds a lock on its file while it writes, and
-  the kernel drops it when the helper dies. A file nobody can lock (not a
-  regular file, or one that cannot be opened) goes after `tmp_max_age`.
-- Entries in `failed/` older than `failed_max_age` are removed and logged.
-- State files whose entry is nowhere are removed and logged.
+  message that crashes the runner cannot cause a mail flood. An attempt cut
+  short by a reboot (the entry went into `active/` before this boot) is
+  not counted: a power cut is not the message's fault, and counting it
+  would hold mail after three power cuts.
+- Files in `tmp/` (see [`sweep_tmp`]): the helper holds an exclusive
+  `flock` on its file for as long as it lives, and the kernel releases it
+  when the helper dies. A file whose lock can be taken has no writer any
+  more: a complete, committed entry (mode 0404, trailer intact) is a
+  submission whose rename into `new/` was lost, and is moved to `new/`;
+  anything else is a write its helper never finished, and is removed at
+  once, whatever its age. A file whose writer still holds its lock is left
+  alone until `tmp_max_age` (a helper stopped with `SIGSTOP` must not hold
+  its space for ever). See [`classify_tmp`].
+- Entries in `failed/` older than `failed_max_age` are removed.
+- State files whose entry is nowhere, and temporary state files left by a
+  crash, are removed.
+
+Every removal is logged with its reason. Every move is durable
+(directories flushed) before the next step relies on it.
 */
 #![forbid(unsafe_code)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::AsFd;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag, openat};
 use nix::sys::stat::{Mode, fstat};
+use outq_spool::entry::Limits;
+use outq_spool::log::escape;
 
 use crate::logging;
 use crate::queue::state::State;
 use crate::queue::store::{Queue, Store, now};
+use crate::queue::validate;
 use crate::runner::Settings;
+
+/// When this runner started (its recovery of `active/`): a state file
+/// last written before that and whose entry is nowhere was left by a
+/// crash, not by a command still at work.
+static STARTED: OnceLock<SystemTime> = OnceLock::new();
 
 /// Recoveries after which an entry is held instead of retried.
 pub const MAX_RECOVERIES: u32 = 3;
 
 /// Recover `active/`. Returns how many entries were moved.
 pub fn recover_active(store: &Store, s: &Settings) -> usize {
+    let _ = STARTED.set(SystemTime::now());
+    resolve_double_names(store);
+    let booted = boot_time();
     let names = store.list(Queue::Active).unwrap_or_default();
     let mut moved = 0;
     for name in names {
@@ -39,69 +67,157 @@ pub fn recover_active(store: &Store, s: &Settings) -> usize {
             quarantine(store, Queue::Active, &name, "not a queue ID");
             continue;
         }
-        let mut state = match store.read_state(&name) {
-            Ok(Some(st)) => st,
-            Ok(None) => match super::load(store, s, Queue::Active, &name) {
-                Some(entry) => State::fresh(&entry.parsed.header.recipients),
-                None => continue,
-            },
-            Err(e) => {
-                logging::warning(&format!("{name}: unreadable state ({e}); quarantined"));
-                quarantine(store, Queue::Active, &name, "unreadable state");
-                continue;
-            }
-        };
+        // Entered active/ (rename sets the ctime) before this boot?
+        let rebooted = store.stat(Queue::Active, &name).is_ok_and(|st| before_boot(st.st_ctime, booted));
+        let Some(entry) = super::load(store, s, Queue::Active, &name) else { continue };
+        let mut state = store.entry_state(&name, &entry.parsed.header.recipients);
         match store.take_request(&name) {
             Some(crate::queue::store::Request::Delete) => {
-                let _ = store.unlink(Queue::Active, &name);
-                let _ = store.remove_state(&name);
-                logging::info(&format!("{name}: deleted by the operator (requested during an interrupted attempt)"));
+                if store.unlink_durably(Queue::Active, &name).is_ok() {
+                    let _ = store.remove_state(&name);
+                    logging::info(&format!(
+                        "{name}: deleted by the operator (requested during an interrupted attempt)"
+                    ));
+                }
                 continue;
             }
             Some(crate::queue::store::Request::Hold) => state.hold = Some("held by the operator".into()),
             None => {}
         }
-        state.recoveries = state.recoveries.saturating_add(1);
+        if !rebooted {
+            state.recoveries = state.recoveries.saturating_add(1);
+        }
         state.next_attempt = now();
-        let interrupted = |n: u32| format!("interrupted delivery {n} times");
-        let to = if state.hold.as_deref().is_some_and(|h| h.starts_with("interrupted delivery")) {
-            // A previous recovery died between writing the hold and moving
-            // the entry: keep the count and the reason in step.
-            state.hold = Some(interrupted(state.recoveries));
-            Queue::Hold
-        } else if state.hold.is_some() {
-            Queue::Hold
-        } else if state.recoveries >= MAX_RECOVERIES {
-            state.hold = Some(interrupted(state.recoveries));
-            Queue::Hold
-        } else {
-            Queue::Deferred
-        };
-        if store.write_state(&name, &state).is_ok() && store.rename(Queue::Active, to, &name).is_ok() {
+        let to = next_place(&mut state);
+        if store.write_state(&name, &state).is_ok() && store.rename_durably(Queue::Active, to, &name).is_ok() {
             moved += 1;
-            logging::info(&format!("{name}: recovered from an interrupted delivery, moved to {}/", to.name()));
+            let why = if rebooted { " (cut short by a reboot: not counted)" } else { "" };
+            logging::info(&format!("{name}: recovered from an interrupted delivery{why}, moved to {}/", to.name()));
         } else {
-            logging::warning(&format!("{name}: cannot recover from active/"));
+            logging::warning(&format!("{name}: cannot recover from active/; tried again at the next queue run"));
         }
     }
     moved
 }
 
+/// Where a recovered entry goes, with its hold reason kept in step.
+fn next_place(state: &mut State) -> Queue {
+    let interrupted = |n: u32| format!("interrupted delivery {n} times");
+    if state.hold.as_deref().is_some_and(|h| h.starts_with("interrupted delivery")) {
+        // A previous recovery died between writing the hold and moving
+        // the entry: keep the count and the reason in step.
+        state.hold = Some(interrupted(state.recoveries));
+        Queue::Hold
+    } else if state.hold.is_some() {
+        Queue::Hold
+    } else if state.recoveries >= MAX_RECOVERIES {
+        state.hold = Some(interrupted(state.recoveries));
+        Queue::Hold
+    } else {
+        Queue::Deferred
+    }
+}
+
+/// Whether a change at `ctime` happened before the boot at `booted`. The
+/// interruption count of a recovered entry grows only when it did not: a
+/// runner that died while the system ran, perhaps because of this very
+/// message. An unknown boot time counts every interruption.
+fn before_boot(ctime: i64, booted: Option<u64>) -> bool {
+    booted.is_some_and(|b| u64::try_from(ctime).is_ok_and(|c| c < b))
+}
+
+/// When this system booted (seconds since the epoch), from `/proc/stat`.
+fn boot_time() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
+}
+
+/// How far along its way an entry in `q` is: of two names of one file,
+/// the one with the higher stage is where the interrupted rename went.
+/// `None` for the queues an entry can move between both ways.
+fn stage(q: Queue) -> Option<u8> {
+    match q {
+        Queue::Tmp => Some(0),
+        Queue::New => Some(1),
+        Queue::Active => Some(2),
+        Queue::Deferred | Queue::Hold | Queue::Failed => None,
+        Queue::Corrupt => Some(4),
+    }
+}
+
+/// Of the places an entry is in, the one it was being moved to.
+fn later_place(store: &Store, name: &str, places: &[Queue]) -> Option<Queue> {
+    if let Some(q) = places.iter().copied().filter(|&q| stage(q).is_some()).max_by_key(|&q| stage(q)) {
+        if q == Queue::Corrupt || places.iter().all(|&p| stage(p).is_some()) {
+            return Some(q);
+        }
+    }
+    // Between deferred/, hold/ and failed/ (release, hold, requeue), and
+    // from active/ to any of them: every such move writes the state
+    // first, so the state says where the entry was going.
+    let st = store.read_state(name).ok().flatten();
+    let held = st.as_ref().is_some_and(|s| s.hold.is_some());
+    let pending = st.as_ref().is_none_or(|s| s.pending().next().is_some());
+    let want = if held {
+        Queue::Hold
+    } else if pending {
+        Queue::Deferred
+    } else {
+        Queue::Failed
+    };
+    if places.contains(&want) {
+        return Some(want);
+    }
+    [Queue::Hold, Queue::Failed, Queue::Deferred].into_iter().find(|q| places.contains(q))
+}
+
+/// Find every file that has two queue names (the same inode) and remove
+/// the earlier name: a rename that a crash left half done.
+pub fn resolve_double_names(store: &Store) {
+    let mut seen: HashMap<String, Vec<Queue>> = HashMap::new();
+    for q in Queue::ALL {
+        for name in store.list(q).unwrap_or_default() {
+            seen.entry(name).or_default().push(q);
+        }
+    }
+    for (name, queues) in seen.into_iter().filter(|(_, qs)| qs.len() > 1) {
+        let Some(keep) = later_place(store, &name, &queues) else { continue };
+        for q in queues.into_iter().filter(|&q| q != keep) {
+            // Only a file with two links is one file under two names; a
+            // file that merely moved while the queues were listed has one.
+            let same = match (store.stat(keep, &name), store.stat(q, &name)) {
+                (Ok(a), Ok(b)) => a.st_ino == b.st_ino && a.st_dev == b.st_dev && b.st_nlink >= 2,
+                _ => false,
+            };
+            if same && store.unlink_durably(q, &name).is_ok() {
+                logging::warning(&format!(
+                    "{}: removed from {}/: the same file is in {}/ (a rename interrupted by a crash)",
+                    escape(name.as_bytes()),
+                    q.name(),
+                    keep.name()
+                ));
+            }
+        }
+    }
+}
+
 /// Move a bad file to `corrupt/` and say why.
 pub fn quarantine(store: &Store, from: Queue, name: &str, why: &str) {
-    let shown = outq_spool::log::escape(name.as_bytes());
+    let shown = escape(name.as_bytes());
     match store.quarantine(from, name) {
         Ok(to) => logging::warning(&format!(
             "{shown}: moved from {}/ to corrupt/{}: {why}",
             from.name(),
-            outq_spool::log::escape(to.as_bytes())
+            escape(to.as_bytes())
         )),
         Err(e) => logging::warning(&format!("{shown}: cannot quarantine ({}): {why}", e.desc())),
     }
 }
 
-/// Remove old uncommitted files, old failures and orphan state files.
+/// Resolve interrupted renames, recover stranded entries from `tmp/`,
+/// remove old uncommitted files, old failures and orphan state files.
 pub fn sweep(store: &Store, s: &Settings) {
+    resolve_double_names(store);
     let t = now();
     let old = |q: Queue, name: &str, max: u64| -> bool {
         store.stat(q, name).map(|st| t.saturating_sub(u64::try_from(st.st_mtime).unwrap_or(0)) > max).unwrap_or(false)
@@ -114,7 +230,7 @@ pub fn sweep(store: &Store, s: &Settings) {
             Some(at) => t.saturating_sub(at) > s.runner.failed_max_age.as_secs(),
             None => old(Queue::Failed, &name, s.runner.failed_max_age.as_secs()),
         };
-        if too_old && store.unlink(Queue::Failed, &name).is_ok() {
+        if too_old && store.unlink_durably(Queue::Failed, &name).is_ok() {
             let _ = store.remove_state(&name);
             logging::info(&format!(
                 "{}: removed from failed/ (older than failed_max_age)",
@@ -129,8 +245,11 @@ pub fn sweep(store: &Store, s: &Settings) {
     for name in store.list_states().unwrap_or_default() {
         if name.starts_with('.') {
             // A state write interrupted by a crash.
-            if old_state(store, &name, t) {
-                let _ = store.remove_state(&name);
+            if old_state(store, &name, t) && store.remove_state(&name).is_ok() {
+                logging::info(&format!(
+                    "{}: removed from state/: a temporary state file a crash left behind",
+                    escape(name.as_bytes())
+                ));
             }
             continue;
         }
@@ -140,18 +259,171 @@ pub fn sweep(store: &Store, s: &Settings) {
         // listed. Every such move writes the state first, so a state file
         // changed within the hour is never taken for an orphan; and the
         // entry is looked for again just before removing.
-        let orphan = !present.contains(entry_name) && old_state(store, &name, t) && !exists_anywhere(store, entry_name);
+        let orphan = !present.contains(entry_name)
+            && (old_state(store, &name, t) || written_before_start(store, &name))
+            && !exists_anywhere(store, entry_name);
         if orphan && store.remove_state(&name).is_ok() {
             logging::info(&format!("{}: removed orphan state file", outq_spool::log::escape(name.as_bytes())));
         }
     }
 }
 
-/// Whether an entry named `name` is in any queue right now.
+/// What a file in `tmp/` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TmpFile {
+    /// The same file is already in `new/`: only the `tmp/` name is left
+    /// of a rename that a crash interrupted.
+    AlreadyInNew,
+    /// A complete entry, as the helper leaves it just before its rename
+    /// (valid header, mode 0404, trailer intact, one link): the submission
+    /// was committed but its rename was lost (or never made).
+    Committed,
+    /// Anything else: a write in progress or one its writer abandoned.
+    Uncommitted,
+}
+
+/// Classify a file in `tmp/` by its contents alone (not by its age, nor by
+/// whether its writer still runs: the caller decides that).
+pub fn classify_tmp(store: &Store, limits: &Limits, name: &str) -> TmpFile {
+    if let (Ok(a), Ok(b)) = (store.stat(Queue::Tmp, name), store.stat(Queue::New, name)) {
+        if a.st_ino == b.st_ino && a.st_dev == b.st_dev {
+            return TmpFile::AlreadyInNew;
+        }
+    }
+    match validate::load(store, Queue::Tmp, name, limits) {
+        Ok(_) => TmpFile::Committed,
+        Err(_) => TmpFile::Uncommitted,
+    }
+}
+
+/// Seconds after its last change before a committed-looking file in
+/// `tmp/` that cannot be locked is taken for stranded (a file a helper
+/// wrote can always be locked; this covers the others). A file last
+/// changed before this boot is stranded at once (no writer survives a
+/// reboot).
+const TMP_COMMITTED_GRACE: u64 = 300;
+
+/// A file changed less than this long ago is left for the next pass even
+/// when its lock is free: a helper locks its file just after creating it,
+/// and this covers that instant.
+const TMP_LOCK_GRACE: u64 = 2;
+
+/// Whether the writer of `tmp/NAME` is still there.
+enum Writer {
+    /// Gone: its lock is ours until this is dropped.
+    Gone { _lock: Flock<File> },
+    /// Holds its lock, or the file is too new to tell.
+    Alive,
+    /// The file cannot be opened or locked (not a regular file).
+    Unknown,
+}
+
+fn writer_of(store: &Store, name: &str, changed: u64, t: u64) -> Writer {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let Ok(fd) = openat(store.dir(Queue::Tmp).as_fd(), name, flags, Mode::empty()) else { return Writer::Unknown };
+    if !fstat(fd.as_fd()).is_ok_and(|st| outq_spool::fs::is_regular(&st)) {
+        return Writer::Unknown;
+    }
+    if t.saturating_sub(changed) < TMP_LOCK_GRACE {
+        return Writer::Alive;
+    }
+    match Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Writer::Gone { _lock: lock },
+        Err((_, Errno::EWOULDBLOCK)) => Writer::Alive,
+        Err(_) => Writer::Unknown,
+    }
+}
+
+/// What [`sweep_tmp`] reclaimed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TmpSweep {
+    pub removed: usize,
+    pub bytes: u64,
+}
+
+/// Reclaim `tmp/` (see the module's documentation); every removal and move
+/// is logged with its reason.
+pub fn sweep_tmp(store: &Store, s: &Settings) -> TmpSweep {
+    let t = now();
+    let mut done = TmpSweep::default();
+    for name in store.list(Queue::Tmp).unwrap_or_default() {
+        if let Some(bytes) = sweep_tmp_file(store, s, &name, t) {
+            done.removed += 1;
+            done.bytes = done.bytes.saturating_add(bytes);
+        }
+    }
+    if done.removed > 0 {
+        logging::info(&format!("tmp/: reclaimed {} abandoned file(s), {} bytes", done.removed, done.bytes));
+    }
+    done
+}
+
+/// One file of `tmp/`; the bytes it freed when it was removed.
+fn sweep_tmp_file(store: &Store, s: &Settings, name: &str, t: u64) -> Option<u64> {
+    let shown = escape(name.as_bytes());
+    let st = store.stat(Queue::Tmp, name).ok()?;
+    let changed = u64::try_from(st.st_mtime.max(st.st_ctime)).unwrap_or(0);
+    let age = t.saturating_sub(u64::try_from(st.st_mtime).unwrap_or(0));
+    let bytes = u64::try_from(st.st_size).unwrap_or(0);
+    let kind = classify_tmp(store, &s.limits, name);
+    if kind == TmpFile::AlreadyInNew {
+        if store.unlink_durably(Queue::Tmp, name).is_ok() {
+            logging::info(&format!("{shown}: removed from tmp/: the same file is in new/ (interrupted rename)"));
+        }
+        return None;
+    }
+    // Held until the end of this function: no writer can come back.
+    let writer = writer_of(store, name, changed, t);
+    match (kind, &writer) {
+        (TmpFile::Committed, Writer::Alive) => None,
+        (TmpFile::Committed, Writer::Unknown)
+            if !before_boot(st.st_mtime, boot_time()) && age <= TMP_COMMITTED_GRACE =>
+        {
+            None
+        }
+        (TmpFile::Committed, _) => {
+            match store.rename_durably(Queue::Tmp, Queue::New, name) {
+                Ok(()) => logging::warning(&format!(
+                    "{shown}: moved from tmp/ to new/: a complete entry whose commit (rename) was lost"
+                )),
+                Err(Errno::EEXIST) => quarantine(store, Queue::Tmp, name, "a complete entry whose ID is taken in new/"),
+                Err(e) => logging::warning(&format!("{shown}: cannot move from tmp/ to new/: {}", e.desc())),
+            }
+            None
+        }
+        (_, Writer::Gone { .. }) => {
+            store.unlink_durably(Queue::Tmp, name).ok()?;
+            logging::info(&format!(
+                "{shown}: removed from tmp/: never committed; its writer (uid {}) is gone ({bytes} bytes)",
+                st.st_uid
+            ));
+            Some(bytes)
+        }
+        (_, Writer::Alive | Writer::Unknown) if age > s.runner.tmp_max_age.as_secs() => {
+            store.unlink_durably(Queue::Tmp, name).ok()?;
+            let why = if matches!(writer, Writer::Alive) { "its writer still holds it" } else { "not lockable" };
+            logging::info(&format!("{shown}: removed from tmp/: never committed, {why}, older than tmp_max_age"));
+            Some(bytes)
+        }
+        _ => None,
+    }
+}
+
+/// Whether an entry named `name` is in any queue right now. The queues
+/// are looked at twice, in opposite orders: an entry moved once while
+/// they are looked at is found by the second look.
 fn exists_anywhere(store: &Store, name: &str) -> bool {
-    [Queue::New, Queue::Corrupt, Queue::Failed, Queue::Hold, Queue::Deferred, Queue::Active]
-        .iter()
-        .any(|&q| store.stat(q, name).is_ok())
+    let order = [Queue::New, Queue::Corrupt, Queue::Failed, Queue::Hold, Queue::Deferred, Queue::Active];
+    order.iter().any(|&q| store.stat(q, name).is_ok()) || order.iter().rev().any(|&q| store.stat(q, name).is_ok())
+}
+
+/// Whether a state file was last changed before this runner started.
+fn written_before_start(store: &Store, name: &str) -> bool {
+    let Some(start) = STARTED.get() else { return false };
+    store.state_changed(name).is_some_and(|(sec, nsec)| {
+        let at = UNIX_EPOCH + Duration::new(u64::try_from(sec).unwrap_or(0), u32::try_from(nsec).unwrap_or(0));
+        at < *start
+    })
 }
 
 /// Whether a state file was last written more than an hour ago. Its ctime
@@ -160,104 +432,38 @@ fn old_state(store: &Store, name: &str, now: u64) -> bool {
     store.state_ctime(name).is_some_and(|c| now.saturating_sub(c) > 3600)
 }
 
-/// A file younger than this is left alone even when unlocked: a helper
-/// locks its file right after creating it, and this closes that instant.
-const TMP_GRACE_SECS: u64 = 2;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// What [`sweep_tmp`] did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct TmpSweep {
-    pub removed: usize,
-    pub bytes: u64,
-    pub committed: usize,
-}
+    #[test]
+    fn only_interruptions_within_this_boot_count() {
+        assert!(before_boot(99, Some(100)));
+        assert!(!before_boot(100, Some(100)));
+        assert!(!before_boot(150, Some(100)));
+        assert!(!before_boot(-1, Some(100)));
+        assert!(!before_boot(50, None));
+        assert!(boot_time().is_some_and(|b| b <= now()));
+    }
 
-/// What one file in `tmp/` is.
-enum TmpFile {
-    /// Being written: its writer holds the lock, or it is too new to say.
-    Live,
-    /// A complete entry whose rename into `new/` was lost (a power cut
-    /// after the helper's commit): it belongs in `new/`.
-    Complete,
-    /// Its writer is gone and it is not a complete entry.
-    Abandoned { bytes: u64, uid: u32 },
-    /// Not a file a writer could lock: removed only after `tmp_max_age`.
-    Unlockable,
-}
+    #[test]
+    fn the_later_stage_of_a_half_done_rename_is_kept() {
+        assert!(stage(Queue::Tmp) < stage(Queue::New));
+        assert!(stage(Queue::New) < stage(Queue::Active));
+        assert!(stage(Queue::Active) < stage(Queue::Corrupt));
+        assert_eq!(stage(Queue::Hold), None);
+    }
 
-fn classify_tmp(store: &Store, s: &Settings, name: &str, t: u64) -> (TmpFile, Option<Flock<File>>) {
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
-    let fd = match openat(store.dir(Queue::Tmp).as_fd(), name, flags, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) => return (TmpFile::Live, None), // committed meanwhile
-        Err(_) => return (TmpFile::Unlockable, None),
-    };
-    let Ok(st) = fstat(fd.as_fd()) else { return (TmpFile::Unlockable, None) };
-    if !outq_spool::fs::is_regular(&st) {
-        return (TmpFile::Unlockable, None);
+    #[test]
+    fn recovery_holds_at_the_limit_and_keeps_the_reason_in_step() {
+        let mut st = State::fresh(&[]);
+        st.recoveries = MAX_RECOVERIES - 1;
+        assert_eq!(next_place(&mut st), Queue::Deferred);
+        st.recoveries = MAX_RECOVERIES;
+        assert_eq!(next_place(&mut st), Queue::Hold);
+        assert_eq!(st.hold.as_deref(), Some("interrupted delivery 3 times"));
+        st.recoveries = 4;
+        assert_eq!(next_place(&mut st), Queue::Hold);
+        assert_eq!(st.hold.as_deref(), Some("interrupted delivery 4 times"));
     }
-    let changed = u64::try_from(st.st_mtime.max(st.st_ctime)).unwrap_or(0);
-    if t.saturating_sub(changed) < TMP_GRACE_SECS {
-        return (TmpFile::Live, None);
-    }
-    let lock = match Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => lock,
-        Err((_, Errno::EWOULDBLOCK)) => return (TmpFile::Live, None),
-        Err(_) => return (TmpFile::Unlockable, None),
-    };
-    if crate::queue::validate::load(store, Queue::Tmp, name, &s.limits).is_ok() {
-        return (TmpFile::Complete, Some(lock));
-    }
-    let bytes = u64::try_from(st.st_size).unwrap_or(0);
-    (TmpFile::Abandoned { bytes, uid: st.st_uid }, Some(lock))
-}
-
-/// Reclaim `tmp/`: remove every file whose writer is dead (its lock can be
-/// taken), whatever its age; move a complete entry to `new/`; leave live
-/// writers alone. Each removal is logged with its reason.
-pub fn sweep_tmp(store: &Store, s: &Settings) -> TmpSweep {
-    let t = now();
-    let mut done = TmpSweep::default();
-    for name in store.list(Queue::Tmp).unwrap_or_default() {
-        let shown = outq_spool::log::escape(name.as_bytes());
-        let (kind, lock) = classify_tmp(store, s, &name, t);
-        match kind {
-            TmpFile::Live => {}
-            TmpFile::Complete => {
-                if store.rename(Queue::Tmp, Queue::New, &name).is_ok()
-                    && store.sync(Queue::New).is_ok()
-                    && store.sync(Queue::Tmp).is_ok()
-                {
-                    done.committed += 1;
-                    logging::warning(&format!(
-                        "{shown}: complete entry found in tmp/ (its commit was interrupted): moved to new/"
-                    ));
-                }
-            }
-            TmpFile::Abandoned { bytes, uid } => {
-                // Removed while we hold the lock: no writer can come back.
-                if store.unlink(Queue::Tmp, &name).is_ok() {
-                    done.removed += 1;
-                    done.bytes = done.bytes.saturating_add(bytes);
-                    logging::info(&format!(
-                        "{shown}: removed from tmp/: its writer (uid {uid}) is gone without committing ({bytes} bytes)"
-                    ));
-                }
-            }
-            TmpFile::Unlockable => {
-                let age =
-                    store.stat(Queue::Tmp, &name).map(|st| t.saturating_sub(u64::try_from(st.st_mtime).unwrap_or(0)));
-                if age.is_ok_and(|a| a > s.runner.tmp_max_age.as_secs()) && store.unlink(Queue::Tmp, &name).is_ok() {
-                    done.removed += 1;
-                    logging::info(&format!("{shown}: removed from tmp/: not a lockable file, older than tmp_max_age"));
-                }
-            }
-        }
-        drop(lock);
-    }
-    if done.removed > 0 {
-        let _ = store.sync(Queue::Tmp);
-        logging::info(&format!("tmp/: reclaimed {} abandoned file(s), {} bytes", done.removed, done.bytes));
-    }
-    done
 }

@@ -15,12 +15,19 @@ What is understood:
 - `-f SENDER` and `-r SENDER` the envelope sender, `-F NAME` the full name
   for a `From:` header outq-sendmail adds;
 - `-bm` deliver (the default), `-bp` list the queue (also when invoked as
-  `mailq`), `-bi` rebuild the aliases (also when invoked as `newaliases`);
-- `-C FILE` an alternate configuration file;
-- accepted and ignored: `-v`, `-oem`, `-oee`, `-odb`, `-odi`, `-om`, and
-  `-B TYPE`, `-N DSN`, `-R RET`, `-V ENVID` with their values.
+  `mailq`), `-bi` and `-I` check the aliases file (also when invoked as
+  `newaliases`), `-bs` SMTP on standard input and output, `-bv` verify the
+  recipients and deliver nothing, `-bh` and `-bH` do nothing (exit 0);
+- `-q`, `-qINTERVAL`, `-qRSITE`, `-qIID`: one queue run now (no daemon);
+- `-C FILE` an alternate configuration file.
 
-Anything else is a usage error (exit 64) naming the option, escaped.
+Every other option letter that Postfix's or sendmail 8's sendmail(1)
+documents is accepted and ignored, with its value when it takes one:
+`-Ac`/`-Am`, `-B`, `-c`, `-D`, `-d`, `-e`, `-G`, `-h`, `-L`, `-m`, `-N`,
+`-n`, `-O`, `-o` (any letter), `-p`, `-R`, `-U`, `-V`, `-v`, `-X`, `-x`.
+Postfix refuses `-n`, `-d` and `-D`; outq accepts them, so that no mail is
+lost over a flag sendmail 8 documents. A letter no sendmail documents is a
+usage error (exit 64) naming it, escaped, as in Postfix.
 */
 #![forbid(unsafe_code)]
 
@@ -38,8 +45,17 @@ pub enum Mode {
     Deliver,
     /// `-bp`: list the queue (`outq list`).
     ListQueue,
-    /// `-bi`: rebuild the alias database (`newaliases`).
+    /// `-bi`, `-I`, `newaliases`: check the aliases file (there is nothing
+    /// to compile).
     RebuildAliases,
+    /// `-bs`: an SMTP session on standard input and output.
+    Smtp,
+    /// `-bv`: check the recipients, queue nothing.
+    Verify,
+    /// `-q...`: make deferred mail due now.
+    Flush,
+    /// `-bh`, `-bH`: nothing to do (no host status database).
+    Nothing,
 }
 
 /// The parsed command line; addresses and the full name are raw bytes.
@@ -57,18 +73,21 @@ pub struct Args {
     /// `-C`
     pub config: Option<PathBuf>,
     pub recipients: Vec<Vec<u8>>,
+    /// `-qIID`: the entry to flush.
+    pub flush_id: Option<String>,
 }
 
 /// A command-line error: the message names what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageError(pub String);
 
-pub const USAGE: &str = "usage: outq-sendmail [-t] [-i] [-f sender] [-F name] [-C file] [--] recipient ... < message";
+pub const USAGE: &str =
+    "usage: outq-sendmail [-t] [-i] [-f sender] [-F name] [-C file] [-bs|-bp|-bv|-q] [--] recipient ... < message";
 
-/// Options that take a value.
-const WITH_VALUE: &[u8] = b"bBCfFNoRrV";
+/// Options that take a value (Postfix's and sendmail 8's).
+const WITH_VALUE: &[u8] = b"AbBCdDefFhLNOopqRrVX";
 /// Options without a value.
-const FLAGS: &[u8] = b"tiv";
+const FLAGS: &[u8] = b"cGIimntUvx";
 
 /// Parse the command line. `argv0` is the name the program was run as:
 /// `mailq` means `-bp`, `newaliases` means `-bi`.
@@ -92,6 +111,11 @@ pub fn parse(argv0: Option<&OsStr>, argv: impl Iterator<Item = OsString>) -> Res
         if word.starts_with(b"--") {
             return Err(UsageError(format!("unknown option {}", escape(&word))));
         }
+        if word == b"-q" {
+            // Not getopt-compatible: -q alone takes no value.
+            args.mode = Mode::Flush;
+            continue;
+        }
         let mut rest = word.get(1..).unwrap_or_default();
         while let Some((&letter, after)) = rest.split_first() {
             rest = after;
@@ -99,7 +123,8 @@ pub fn parse(argv0: Option<&OsStr>, argv: impl Iterator<Item = OsString>) -> Res
                 match letter {
                     b't' => args.extract = true,
                     b'i' => args.ignore_dots = true,
-                    _ => {} // -v
+                    b'I' => args.mode = Mode::RebuildAliases,
+                    _ => {} // accepted and ignored
                 }
                 continue;
             }
@@ -115,32 +140,82 @@ pub fn parse(argv0: Option<&OsStr>, argv: impl Iterator<Item = OsString>) -> Res
         }
     }
     args.recipients.extend(it);
-    if args.mode == Mode::Deliver && !args.extract && args.recipients.is_empty() {
-        return Err(UsageError("no recipient given (name recipients, or use -t to take them from the headers)".into()));
-    }
+    check_mode(&args)?;
     Ok(args)
+}
+
+/// Recipients where the mode needs them, none where it takes none.
+fn check_mode(args: &Args) -> Result<(), UsageError> {
+    let takes_none = match args.mode {
+        Mode::Deliver if !args.extract && args.recipients.is_empty() => {
+            return Err(UsageError(
+                "no recipient given (name recipients, or use -t to take them from the headers)".into(),
+            ));
+        }
+        Mode::Verify if args.extract => return Err(UsageError("-t cannot be used with -bv".into())),
+        Mode::Verify if args.recipients.is_empty() => {
+            return Err(UsageError("-bv needs the addresses to verify".into()));
+        }
+        Mode::Smtp => Some("-bs"),
+        Mode::Flush => Some("-q"),
+        Mode::ListQueue => Some("-bp (mailq)"),
+        Mode::RebuildAliases => Some("-bi (newaliases)"),
+        _ => None,
+    };
+    match takes_none {
+        Some(name) if !args.recipients.is_empty() => Err(UsageError(format!("{name} takes no recipient"))),
+        _ => Ok(()),
+    }
 }
 
 fn apply(args: &mut Args, letter: u8, value: Vec<u8>) -> Result<(), UsageError> {
     match letter {
-        b'b' => match value.as_slice() {
-            b"m" => args.mode = Mode::Deliver,
-            b"p" => args.mode = Mode::ListQueue,
-            b"i" => args.mode = Mode::RebuildAliases,
-            _ => return Err(UsageError(format!("option -b{} is not supported", escape(&value)))),
-        },
-        b'o' => match value.as_slice() {
-            b"i" => args.ignore_dots = true,
-            b"em" | b"ee" | b"db" | b"di" | b"m" => {}
-            _ => return Err(UsageError(format!("unknown option -o{}", escape(&value)))),
-        },
+        b'b' => {
+            args.mode = match value.as_slice() {
+                b"m" => Mode::Deliver,
+                b"p" => Mode::ListQueue,
+                b"i" => Mode::RebuildAliases,
+                b"s" => Mode::Smtp,
+                b"v" => Mode::Verify,
+                b"h" | b"H" => Mode::Nothing,
+                b"d" | b"D" | b"l" => {
+                    return Err(UsageError(format!(
+                        "option -b{} (daemon mode) is not supported: outq-sendmail runs no daemon; \
+                         for SMTP on localhost enable the socket unit: systemctl enable --now outq-smtp.socket",
+                        escape(&value)
+                    )));
+                }
+                _ => return Err(UsageError(format!("option -b{} is not supported", escape(&value)))),
+            }
+        }
+        b'q' => flush_option(args, &value)?,
+        // Every other -oX is ignored, as Postfix ignores them.
+        b'o' if value.as_slice() == b"i" => args.ignore_dots = true,
         b'f' | b'r' => set_once(&mut args.sender, value, "-f or -r")?,
         b'F' => set_once(&mut args.full_name, value, "-F")?,
         b'C' => set_once(&mut args.config, PathBuf::from(OsString::from_vec(value)), "-C")?,
-        // -B, -N, -R, -V: accepted and ignored, as their values only
-        // matter to an SMTP server's extensions outq does not offer.
+        // -A -B -D -d -e -h -L -N -O -p -R -V -X: accepted and ignored;
+        // their values only matter to features outq does not have.
         _ => {}
     }
+    Ok(())
+}
+
+/// `-qINTERVAL`, `-qRSITE`, `-qIID` (plain `-q` never gets here).
+fn flush_option(args: &mut Args, value: &[u8]) -> Result<(), UsageError> {
+    match value.split_first() {
+        Some((d, _)) if d.is_ascii_digit() => {}
+        Some((b'R', site)) if !site.is_empty() => {}
+        Some((b'I', id)) if !id.is_empty() => {
+            let id = String::from_utf8(id.to_vec())
+                .map_err(|_| UsageError(format!("-qI{} is not a queue ID", escape(id))))?;
+            args.flush_id = Some(id);
+        }
+        Some((b'R', _)) => return Err(UsageError("specify: -qRsitename".into())),
+        Some((b'I', _)) => return Err(UsageError("specify: -qIqueueid".into())),
+        _ => return Err(UsageError(format!("-q{} is not implemented", escape(value)))),
+    }
+    args.mode = Mode::Flush;
     Ok(())
 }
 
@@ -232,8 +307,56 @@ mod tests {
     }
 
     #[test]
-    fn alias_rebuild() {
+    fn modes_and_flush_forms() {
+        assert_eq!(p(&["-bs"]).unwrap().mode, Mode::Smtp);
+        assert_eq!(p(&["-bv", "a@b.example"]).unwrap().mode, Mode::Verify);
+        assert_eq!(p(&["-bh"]).unwrap().mode, Mode::Nothing);
+        for q in [&["-q"][..], &["-q30m"], &["-q1h"], &["-qRexample.org"], &["-v", "-q"]] {
+            assert_eq!(p(q).unwrap().mode, Mode::Flush, "{q:?}");
+        }
+        let a = p(&["-qI0123ABC"]).unwrap();
+        assert_eq!(a.flush_id.as_deref(), Some("0123ABC"));
+    }
+
+    #[test]
+    fn sendmail_8_and_postfix_options_never_refuse_mail() {
+        let a = p(&[
+            "-Ac",
+            "-Am",
+            "-L",
+            "cron",
+            "-h",
+            "17",
+            "-O",
+            "DeliveryMode=b",
+            "-odq",
+            "-oQ/tmp",
+            "-U",
+            "-G",
+            "-n",
+            "-m",
+            "-x",
+            "-c",
+            "-d0.1",
+            "-D",
+            "/tmp/log",
+            "-pESMTP:host",
+            "-X",
+            "/tmp/x",
+            "-e",
+            "p",
+            "-ti",
+            "root",
+        ])
+        .unwrap();
+        assert!(a.extract && a.ignore_dots);
+        assert_eq!(rcpts(&a), ["root"]);
+    }
+
+    #[test]
+    fn alias_checking() {
         assert_eq!(p(&["-bi"]).unwrap().mode, Mode::RebuildAliases);
+        assert_eq!(p(&["-I"]).unwrap().mode, Mode::RebuildAliases);
         let a = parse(Some(OsStr::new("/usr/bin/newaliases")), std::iter::empty()).unwrap();
         assert_eq!(a.mode, Mode::RebuildAliases);
         let a = parse(Some(OsStr::new("sendmail")), ["-bi".into()].into_iter()).unwrap();
@@ -243,10 +366,15 @@ mod tests {
     #[test]
     fn usage_errors_name_the_option() {
         let cases: &[(&[&str], &str)] = &[
-            (&["-x", "a@b.example"], "unknown option -x"),
-            (&["-q"], "unknown option -q"),
-            (&["-bs"], "-bs is not supported"),
-            (&["-oQ/tmp", "a@b.example"], "unknown option -oQ/tmp"),
+            (&["-bt"], "-bt is not supported"),
+            (&["-bd"], "outq-smtp.socket"),
+            (&["-y", "a@b.example"], "unknown option -y"),
+            (&["-qS"], "-qS is not implemented"),
+            (&["-qR"], "specify: -qRsitename"),
+            (&["-q", "a@b.example"], "-q takes no recipient"),
+            (&["-bs", "a@b.example"], "-bs takes no recipient"),
+            (&["-bv"], "-bv needs"),
+            (&["-bv", "-t", "a@b"], "-t cannot"),
             (&["--help"], "unknown option --help"),
             (&["-f"], "option -f needs a value"),
             (&["-i"], "no recipient"),

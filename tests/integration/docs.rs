@@ -3,7 +3,8 @@ The manual pages in `man/` must agree with the code they describe.
 
 - `outq.conf(5)` documents exactly the keys of `outq_spool::config::KEYS`,
   each as a `.It Cm key` item of its KEYS section, and exactly the keys of
-  `outq::config::RUNNER_KEYS` in its RUNNER KEYS section;
+  `outq::config::RUNNER_KEYS` in its RUNNER KEYS section, and exactly
+  those of `outq::config::ADDRESS_KEYS` in its ADDRESS KEYS section;
 - `outq-enqueue(8)` lists exactly the codes of `outq_spool::exit::Code::ALL`
   as `.It N` items of its EXIT STATUS section;
 - `outq-spool(5)` has a row `.It Pa NAME Ta OWNER Ta MODE Ta ...` for every
@@ -19,13 +20,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 
-use outq::config::RUNNER_KEYS;
+use outq::config::{ADDRESS_KEYS, RUNNER_KEYS};
 use outq_spool::config::{DEFAULT_SPOOL, KEYS};
 use outq_spool::exit::Code;
 use outq_spool::layout::{GroupRole, Kind, PARTS};
 
 /// The pages outq ships, by file name.
-const PAGES: [&str; 4] = ["outq-enqueue.8", "outq.8", "outq-spool.5", "outq.conf.5"];
+const PAGES: [&str; 5] = ["outq-enqueue.8", "outq-sendmail.8", "outq.8", "outq-spool.5", "outq.conf.5"];
 
 fn man_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("man")
@@ -95,6 +96,14 @@ fn every_runner_key_is_documented_and_only_those() {
         unknown.is_empty(),
         "outq.conf(5) RUNNER KEYS documents keys that config::RUNNER_KEYS does not have: {unknown:?}"
     );
+}
+
+#[test]
+fn every_address_key_is_documented_and_only_those() {
+    let text = page("outq.conf.5");
+    let documented = documented_keys(&text, "ADDRESS KEYS");
+    let known: BTreeSet<&str> = ADDRESS_KEYS.iter().map(|(k, _)| *k).collect();
+    assert_eq!(documented, known, "outq.conf(5) ADDRESS KEYS differs from config::ADDRESS_KEYS");
 }
 
 #[test]

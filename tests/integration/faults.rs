@@ -26,20 +26,18 @@ runner was started with (`--log stderr`).
 */
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use rustls::ServerConfig;
 use rustls::pki_types::PrivateKeyDer;
-use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
+use crate::smtp_server::{Act, Opts, Server, pki, rcpt_by_local_part};
 use crate::support::{Ran, bin, list, run_timeout};
 
 /// Upper bound for one program run; a run takes well under a second except
@@ -53,418 +51,25 @@ const MYHOSTNAME: &str = "client.faults.test";
 const QUEUES: [&str; 8] = ["tmp", "new", "active", "deferred", "hold", "failed", "corrupt", "state"];
 
 // ---------------------------------------------------------------------------
-// The server
-
-/// What the server does about one command while faulty.
-enum Act {
-    /// Send these reply lines (CRLF-separated; the last CRLF is added).
-    Reply(String),
-    /// Drop the connection without a word.
-    Close,
-    /// Never answer; read until the client gives up.
-    Hang,
-    /// What a well-behaved server does.
-    Default,
-}
-
-/// Consulted, while the server is faulty, for every command line (without
-/// CRLF), for the greeting as `GREETING` and for the end of the data as `.`.
-type Script = Arc<dyn Fn(&str) -> Act + Send + Sync>;
-
-#[derive(Clone)]
-struct Opts {
-    /// EHLO keywords after the host name (STARTTLS hidden once TLS is up).
-    extensions: Vec<String>,
-    tls: Option<Arc<ServerConfig>>,
-    /// MAIL is refused with 530 before STARTTLS.
-    require_tls: bool,
-    /// Credentials required before MAIL (530 until given).
-    auth: Option<(String, String)>,
-    /// While faulty: drop the connection after this many bytes of data.
-    close_in_data_after: Option<usize>,
-    script: Script,
-}
-
-impl Default for Opts {
-    fn default() -> Opts {
-        Opts {
-            extensions: vec!["PIPELINING".into(), "ENHANCEDSTATUSCODES".into(), "8BITMIME".into()],
-            tls: None,
-            require_tls: false,
-            auth: None,
-            close_in_data_after: None,
-            script: Arc::new(|_| Act::Default),
-        }
-    }
-}
-
-/// One connection.
-#[derive(Debug, Clone, Default)]
-struct Conversation {
-    commands: Vec<String>,
-    tls: bool,
-    authenticated: bool,
-}
-
-/// One transaction the server accepted: it answered 2xx to the end of the
-/// data, for these recipients (those it answered 2xx to RCPT).
-#[derive(Debug, Clone)]
-struct Accepted {
-    sender: String,
-    rcpts: Vec<String>,
-    data: Vec<u8>,
-    tls: bool,
-}
-
-#[derive(Debug, Default)]
-struct Record {
-    conversations: Vec<Conversation>,
-    accepted: Vec<Accepted>,
-}
-
-struct Server {
-    addr: SocketAddr,
-    healed: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    record: Arc<Mutex<Record>>,
-}
-
-impl Server {
-    fn start(opts: Opts) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let healed = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let record = Arc::new(Mutex::new(Record::default()));
-        let (h, s, r) = (healed.clone(), stop.clone(), record.clone());
-        std::thread::spawn(move || {
-            for tcp in listener.incoming() {
-                if s.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(tcp) = tcp else { continue };
-                let healed = h.load(Ordering::SeqCst);
-                let idx = {
-                    let mut rec = r.lock().unwrap();
-                    rec.conversations.push(Conversation::default());
-                    rec.conversations.len() - 1
-                };
-                let (opts, record) = (opts.clone(), r.clone());
-                std::thread::spawn(move || {
-                    let _ = serve(tcp, &opts, &record, idx, healed);
-                });
-            }
-        });
-        Server { addr, healed, stop, record }
-    }
-
-    /// From now on, behave: the script is no longer consulted.
-    fn heal(&self) {
-        self.healed.store(true, Ordering::SeqCst);
-    }
-
-    fn relay(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.addr.port())
-    }
-
-    /// The relay as the runner names it.
-    fn name(&self) -> String {
-        format!("127.0.0.1[127.0.0.1]:{}", self.addr.port())
-    }
-
-    fn conversations(&self) -> Vec<Conversation> {
-        self.record.lock().unwrap().conversations.clone()
-    }
-
-    fn accepted(&self) -> Vec<Accepted> {
-        self.record.lock().unwrap().accepted.clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Wake the accept loop so that it sees the flag and ends.
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-    }
-}
-
-enum Io {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
-    Gone,
-}
-
-impl Read for Io {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Io::Plain(s) => s.read(buf),
-            Io::Tls(s) => s.read(buf),
-            Io::Gone => Ok(0),
-        }
-    }
-}
-
-impl Write for Io {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Io::Plain(s) => s.write(buf),
-            Io::Tls(s) => s.write(buf),
-            Io::Gone => Err(io::ErrorKind::BrokenPipe.into()),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Io::Plain(s) => s.flush(),
-            Io::Tls(s) => s.flush(),
-            Io::Gone => Ok(()),
-        }
-    }
-}
-
-struct Peer<'a> {
-    io: Io,
-    buf: Vec<u8>,
-    record: &'a Mutex<Record>,
-    idx: usize,
-}
-
-impl Peer<'_> {
-    fn note(&self, f: impl FnOnce(&mut Conversation)) {
-        f(&mut self.record.lock().unwrap().conversations[self.idx]);
-    }
-
-    /// One line with its line end, or None at the end of the stream.
-    fn line(&mut self) -> Option<Vec<u8>> {
-        loop {
-            if let Some(lf) = self.buf.iter().position(|&b| b == b'\n') {
-                return Some(self.buf.drain(..=lf).collect());
-            }
-            let mut chunk = [0u8; 16384];
-            match self.io.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    fn send(&mut self, reply: &str) -> io::Result<()> {
-        self.io.write_all(format!("{reply}\r\n").as_bytes())?;
-        self.io.flush()
-    }
-
-    fn upgrade(&mut self, config: &Arc<ServerConfig>) {
-        if let Io::Plain(tcp) = std::mem::replace(&mut self.io, Io::Gone) {
-            let conn = ServerConnection::new(Arc::clone(config)).unwrap();
-            self.io = Io::Tls(Box::new(StreamOwned::new(conn, tcp)));
-            self.note(|c| c.tls = true);
-        }
-    }
-
-    fn is_tls(&self) -> bool {
-        matches!(self.io, Io::Tls(_))
-    }
-
-    fn hang(&mut self) {
-        let _ = io::copy(&mut self.io, &mut io::sink());
-    }
-}
-
-/// The address between `<` and `>` of a MAIL or RCPT line.
-fn path_of(line: &str) -> String {
-    let start = line.find('<').map_or(line.len(), |i| i + 1);
-    let end = line[start..].find('>').map_or(line.len(), |i| start + i);
-    line[start..end].to_owned()
-}
-
-fn serve(tcp: TcpStream, opts: &Opts, record: &Mutex<Record>, idx: usize, healed: bool) -> io::Result<()> {
-    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut p = Peer { io: Io::Plain(tcp), buf: Vec::new(), record, idx };
-    let script = |line: &str| if healed { Act::Default } else { (opts.script)(line) };
-    match script("GREETING") {
-        Act::Reply(r) => p.send(&r)?,
-        Act::Default => p.send("220 mx.faults.test ESMTP outq fault server")?,
-        Act::Close => return Ok(()),
-        Act::Hang => {
-            p.hang();
-            return Ok(());
-        }
-    }
-    let mut authenticated = false;
-    // The open transaction: sender and accepted recipients.
-    let mut tx: Option<(String, Vec<String>)> = None;
-    while let Some(line) = p.line() {
-        let cmd = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_owned();
-        p.note(|c| c.commands.push(cmd.clone()));
-        let upper = cmd.to_ascii_uppercase();
-        let verb = upper.split([' ', ':']).next().unwrap_or("").to_owned();
-        let reply = match script(&cmd) {
-            Act::Reply(r) => r,
-            Act::Close => return Ok(()),
-            Act::Hang => {
-                p.hang();
-                return Ok(());
-            }
-            Act::Default => {
-                if verb == "AUTH" {
-                    authenticated = authenticate(&mut p, opts, &cmd)?;
-                    p.note(|c| c.authenticated = authenticated);
-                    continue;
-                }
-                default_reply(opts, &verb, p.is_tls(), authenticated)
-            }
-        };
-        p.send(&reply)?;
-        let ok = reply.starts_with('2');
-        match verb.as_str() {
-            "STARTTLS" if reply.starts_with("220") => {
-                p.upgrade(opts.tls.as_ref().unwrap());
-                tx = None;
-            }
-            "QUIT" => return Ok(()),
-            "MAIL" if ok => tx = Some((path_of(&cmd), Vec::new())),
-            "RCPT" if ok => {
-                if let Some((_, rcpts)) = tx.as_mut() {
-                    rcpts.push(path_of(&cmd));
-                }
-            }
-            "RSET" | "EHLO" | "HELO" => tx = None,
-            "DATA" if reply.starts_with("354") => {
-                let mut data = Vec::new();
-                loop {
-                    let Some(l) = p.line() else { return Ok(()) };
-                    data.extend_from_slice(&l);
-                    if !healed && opts.close_in_data_after.is_some_and(|n| data.len() >= n) {
-                        return Ok(());
-                    }
-                    if l == b".\r\n" {
-                        break;
-                    }
-                }
-                let end = match script(".") {
-                    Act::Reply(r) => r,
-                    Act::Default => "250 2.0.0 Ok: queued".to_owned(),
-                    Act::Close => return Ok(()),
-                    Act::Hang => {
-                        p.hang();
-                        return Ok(());
-                    }
-                };
-                p.send(&end)?;
-                if let Some((sender, rcpts)) = tx.take().filter(|_| end.starts_with('2')) {
-                    let tls = p.is_tls();
-                    p.record.lock().unwrap().accepted.push(Accepted { sender, rcpts, data, tls });
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// AUTH PLAIN (initial response) and AUTH LOGIN; answers 235 or 535.
-fn authenticate(p: &mut Peer<'_>, opts: &Opts, cmd: &str) -> io::Result<bool> {
-    let Some((user, pass)) = opts.auth.as_ref() else {
-        p.send("503 5.5.1 AUTH not offered")?;
-        return Ok(false);
-    };
-    let want = [b"\0".as_slice(), user.as_bytes(), b"\0", pass.as_bytes()].concat();
-    let words: Vec<&str> = cmd.split_whitespace().collect();
-    let given = match words.get(1).map(|m| m.to_ascii_uppercase()).as_deref() {
-        Some("PLAIN") => BASE64.decode(words.get(2).unwrap_or(&"")).unwrap_or_default(),
-        Some("LOGIN") => {
-            p.send("334 VXNlcm5hbWU6")?;
-            let u = p.line().unwrap_or_default();
-            p.send("334 UGFzc3dvcmQ6")?;
-            let w = p.line().unwrap_or_default();
-            let d = |l: &[u8]| BASE64.decode(l.trim_ascii_end()).unwrap_or_default();
-            [b"\0".as_slice(), &d(&u), b"\0", &d(&w)].concat()
-        }
-        _ => Vec::new(),
-    };
-    let ok = given == want;
-    p.send(if ok { "235 2.7.0 Authentication successful" } else { "535 5.7.8 Authentication credentials invalid" })?;
-    Ok(ok)
-}
-
-fn default_reply(opts: &Opts, verb: &str, tls: bool, authenticated: bool) -> String {
-    match verb {
-        "EHLO" => {
-            let mut lines = vec!["250-mx.faults.test".to_owned()];
-            let mut ext: Vec<String> = opts.extensions.iter().filter(|e| !(tls && *e == "STARTTLS")).cloned().collect();
-            if opts.auth.is_some() {
-                ext.push("AUTH PLAIN LOGIN".into());
-            }
-            lines.extend(ext.iter().map(|e| format!("250-{e}")));
-            let last = lines.pop().unwrap();
-            lines.push(last.replacen("250-", "250 ", 1));
-            lines.join("\r\n")
-        }
-        "HELO" => "250 mx.faults.test".into(),
-        "STARTTLS" if opts.tls.is_some() && !tls => "220 2.0.0 Ready to start TLS".into(),
-        "STARTTLS" => "454 4.7.0 TLS not available".into(),
-        "MAIL" if opts.require_tls && !tls => "530 5.7.0 Must issue a STARTTLS command first".into(),
-        "MAIL" if opts.auth.is_some() && !authenticated => "530 5.7.0 Authentication required".into(),
-        "MAIL" => "250 2.1.0 Ok".into(),
-        "RCPT" => "250 2.1.5 Ok".into(),
-        "DATA" => "354 End data with <CR><LF>.<CR><LF>".into(),
-        "RSET" | "NOOP" => "250 2.0.0 Ok".into(),
-        "QUIT" => "221 2.0.0 Bye".into(),
-        _ => "502 5.5.2 Error: command not recognized".into(),
-    }
-}
-
-/// Answers `RCPT TO:<rNNN@...>` with code NNN, other lines by default.
-fn rcpt_by_local_part(line: &str) -> Act {
-    match line.strip_prefix("RCPT TO:<r").and_then(|r| r.get(..3)).and_then(|c| c.parse::<u16>().ok()) {
-        Some(code) => Act::Reply(format!("{code} {}.1.0 r{code} answered {code}", code / 100)),
-        None => Act::Default,
-    }
-}
-
-/// A test CA (PEM), and a server configuration with a certificate it
-/// signed for 127.0.0.1 and localhost.
-fn pki() -> (String, Arc<ServerConfig>) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca.distinguished_name.push(DnType::CommonName, "outq fault matrix CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-    leaf.distinguished_name.push(DnType::CommonName, "localhost");
-    let cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
-        .unwrap();
-    (ca_cert.pem(), Arc::new(server))
-}
-
-// ---------------------------------------------------------------------------
 // The runner's installation
 
 /// A private spool made by `outq init`, owned by the account that runs
 /// the runner: the current user, or `nobody` when we are root.
-struct Dev {
+pub(crate) struct Dev {
     dir: tempfile::TempDir,
     bin: PathBuf,
     work: PathBuf,
-    spool: PathBuf,
-    config: PathBuf,
+    pub(crate) spool: PathBuf,
+    pub(crate) config: PathBuf,
     as_nobody: bool,
     uid: u32,
     gid: u32,
+    /// Whether the cases' servers advertise PIPELINING.
+    pipelining: bool,
 }
 
 impl Dev {
-    fn new() -> Dev {
+    pub(crate) fn new(pipelining: bool) -> Dev {
         let dir = tempfile::Builder::new().prefix("oqt-faults-").tempdir_in("/tmp").unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let as_nobody = nix::unistd::geteuid().is_root();
@@ -486,7 +91,7 @@ impl Dev {
         let work = dir.path().join("work");
         let spool = work.join("spool");
         let config = dir.path().join("outq.conf");
-        let dev = Dev { bin: bin_dir, work: work.clone(), spool, config, as_nobody, uid, gid, dir };
+        let dev = Dev { bin: bin_dir, work: work.clone(), spool, config, as_nobody, uid, gid, dir, pipelining };
         std::fs::create_dir(&work).unwrap();
         std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755)).unwrap();
         dev.own(&work);
@@ -500,7 +105,7 @@ impl Dev {
 
     /// The configuration: `relay`, short timeouts, one connection, no
     /// STARTTLS unless `settings` say otherwise.
-    fn configure(&self, relay: &str, settings: &[(&str, &str)]) {
+    pub(crate) fn configure(&self, relay: &str, settings: &[(&str, &str)]) {
         let mut keys: BTreeMap<&str, String> = [
             ("spool_min_free", "0"),
             ("myhostname", MYHOSTNAME),
@@ -522,7 +127,7 @@ impl Dev {
         std::fs::set_permissions(&self.config, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
 
-    fn own(&self, path: &Path) {
+    pub(crate) fn own(&self, path: &Path) {
         if self.as_nobody {
             std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid)).unwrap();
         }
@@ -546,7 +151,7 @@ impl Dev {
     }
 
     /// A program from `bin/`, run as the runner's account.
-    fn cmd(&self, program: &str) -> Command {
+    pub(crate) fn cmd(&self, program: &str) -> Command {
         let path = self.bin.join(program);
         let mut c = if self.as_nobody {
             let mut c = Command::new("/usr/bin/setpriv");
@@ -564,7 +169,7 @@ impl Dev {
     }
 
     #[track_caller]
-    fn submit(&self, rcpts: &[String], body: &[u8]) -> String {
+    pub(crate) fn submit(&self, rcpts: &[String], body: &[u8]) -> String {
         let mut c = self.cmd("outq-enqueue");
         c.arg("--spool").arg(&self.spool).arg("--config").arg(&self.config);
         c.args(["-f", SENDER]).args(rcpts);
@@ -573,7 +178,7 @@ impl Dev {
 
     /// `outq run --once`, which must succeed; its log and how long it took.
     #[track_caller]
-    fn run_once(&self) -> (String, Duration) {
+    pub(crate) fn run_once(&self) -> (String, Duration) {
         let mut c = self.cmd("outq");
         c.arg("run").arg("--once").arg("--spool").arg(&self.spool).arg("--config").arg(&self.config);
         c.args(["--log", "stderr"]);
@@ -584,17 +189,17 @@ impl Dev {
         (r.stderr, took)
     }
 
-    fn names(&self, q: &str) -> Vec<String> {
+    pub(crate) fn names(&self, q: &str) -> Vec<String> {
         list(&self.spool.join(q))
     }
 
-    fn state(&self, id: &str) -> Option<String> {
+    pub(crate) fn state(&self, id: &str) -> Option<String> {
         std::fs::read_to_string(self.spool.join("state").join(id)).ok()
     }
 
     /// Make a deferred entry due: its state file's mtime is its next
     /// attempt (what `touch -d '1 hour ago' state/ID` does).
-    fn make_due(&self, id: &str) {
+    pub(crate) fn make_due(&self, id: &str) {
         let p = self.spool.join("state").join(id);
         if p.exists() {
             let past = SystemTime::now() - Duration::from_secs(3600);
@@ -845,18 +450,45 @@ impl<'a> Case<'a> {
             if !self.notices.is_empty() {
                 counts.push(format!("notice={notices}"));
             }
+            check_groups(server, self.dev.pipelining);
         }
         while self.runs.len() < 2 {
             self.runs.push("(nothing to retry)".into());
         }
         let why = std::mem::take(&mut self.why);
         rows.lock().unwrap().push(Row {
-            case: name.to_owned(),
+            case: format!("{name}{}", if self.dev.pipelining { "" } else { " [no PIPELINING]" }),
             run1: self.runs[0].clone(),
             run2: self.runs[1..].join(" / "),
             accepted: counts.join(" "),
             why,
         });
+    }
+}
+
+/// How the runner sent its transactions to `server`: with PIPELINING
+/// advertised, each MAIL FROM with its RCPT TOs and DATA in one burst
+/// (nothing answered before the group was complete); without, one command
+/// at a time.
+#[track_caller]
+fn check_groups(server: &Server, pipelining: bool) {
+    for conv in server.conversations() {
+        for g in &conv.groups {
+            let verbs: Vec<&str> = g.commands.iter().map(|c| c.split([' ', ':']).next().unwrap_or("")).collect();
+            if pipelining {
+                let body = verbs.strip_prefix(&["RSET"][..]).unwrap_or(&verbs);
+                assert!(
+                    body.len() >= 3
+                        && body[0] == "MAIL"
+                        && body[1..body.len() - 1].iter().all(|v| *v == "RCPT")
+                        && body[body.len() - 1] == "DATA"
+                        && g.extra_reads == 0,
+                    "not one pipelined group: {g:?}"
+                );
+            } else {
+                assert_eq!(verbs, ["MAIL"], "pipelined without PIPELINING advertised: {g:?}");
+            }
+        }
     }
 }
 
@@ -887,16 +519,21 @@ fn large_body() -> Vec<u8> {
 // ---------------------------------------------------------------------------
 // The cases
 
+/// A server, PIPELINING advertised when `p`.
+fn start(p: bool, opts: Opts) -> Server {
+    Server::start(opts.pipelining(p))
+}
+
 /// A server, a spool configured for it with `settings`, and a case.
-fn setup(opts: Opts, settings: &[(&str, &str)]) -> (Dev, Server) {
-    let dev = Dev::new();
-    let server = Server::start(opts);
-    dev.configure(&server.relay(), settings);
+fn setup(p: bool, opts: Opts, settings: &[(&str, &str)]) -> (Dev, Server) {
+    let dev = Dev::new(p);
+    let server = start(p, opts);
+    dev.configure(&server.url(), settings);
     (dev, server)
 }
 
-fn connection_refused(rows: &Rows) {
-    let dev = Dev::new();
+fn connection_refused(rows: &Rows, p: bool) {
+    let dev = Dev::new(p);
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     dev.configure(&format!("smtp://127.0.0.1:{closed}"), &[]);
     let mut c = Case::submit(&dev, &["a", "b"], &small_body());
@@ -905,13 +542,13 @@ fn connection_refused(rows: &Rows) {
     // Not due yet: left alone.
     c.run_nothing();
     // The relay comes up (here: the configuration points to one that is).
-    let server = Server::start(Opts::default());
-    dev.configure(&server.relay(), &[]);
+    let server = start(p, Opts::default());
+    dev.configure(&server.url(), &[]);
     c.run(Place::Removed, &[("a", "sent", "250 2.0.0"), ("b", "sent", "250 2.0.0")]);
     c.finish(Some(&server), "connection refused", rows);
 }
 
-fn greeting_421(rows: &Rows) {
+fn greeting_421(rows: &Rows, p: bool) {
     let opts = Opts {
         script: Arc::new(|l| match l {
             "GREETING" => Act::Reply("421 4.3.2 Service not available, closing transmission channel".into()),
@@ -919,7 +556,7 @@ fn greeting_421(rows: &Rows) {
         }),
         ..Opts::default()
     };
-    let (dev, server) = setup(opts, &[]);
+    let (dev, server) = setup(p, opts, &[]);
     let mut c = Case::submit(&dev, &["a", "b"], &small_body());
     let why = format!("{} refused to talk to us: 421 4.3.2 Service not available", server.name());
     c.run(Place::Deferred, &[("a", "deferred", &why), ("b", "deferred", &why)]);
@@ -929,8 +566,8 @@ fn greeting_421(rows: &Rows) {
     c.finish(Some(&server), "421 greeting", rows);
 }
 
-fn mixed_rcpt_replies(rows: &Rows) {
-    let (dev, server) = setup(Opts { script: Arc::new(rcpt_by_local_part), ..Opts::default() }, &[]);
+fn mixed_rcpt_replies(rows: &Rows, p: bool) {
+    let (dev, server) = setup(p, Opts { script: Arc::new(rcpt_by_local_part), ..Opts::default() }, &[]);
     let mut c = Case::submit(&dev, &["r250", "r450", "r452", "r550", "r552"], &small_body());
     c.run(
         Place::Deferred,
@@ -949,7 +586,7 @@ fn mixed_rcpt_replies(rows: &Rows) {
     c.finish(Some(&server), "RCPT 250/450/452/550/552", rows);
 }
 
-fn temporary_after_data(rows: &Rows) {
+fn temporary_after_data(rows: &Rows, p: bool) {
     let opts = Opts {
         script: Arc::new(|l| match l {
             "." => Act::Reply("451 4.3.0 Error: queue file write error".into()),
@@ -957,7 +594,7 @@ fn temporary_after_data(rows: &Rows) {
         }),
         ..Opts::default()
     };
-    let (dev, server) = setup(opts, &[]);
+    let (dev, server) = setup(p, opts, &[]);
     let mut c = Case::submit(&dev, &["a", "r550", "b"], &small_body());
     let why = "451 4.3.0 Error: queue file write error";
     c.run(Place::Deferred, &[("a", "deferred", why), ("r550", "failed", "550 5.1.0"), ("b", "deferred", why)]);
@@ -966,7 +603,7 @@ fn temporary_after_data(rows: &Rows) {
     c.finish(Some(&server), "4xx after DATA", rows);
 }
 
-fn permanent_after_data(rows: &Rows) {
+fn permanent_after_data(rows: &Rows, p: bool) {
     let opts = Opts {
         script: Arc::new(|l| match l {
             "." => Act::Reply("554 5.6.0 Error: message content rejected".into()),
@@ -974,7 +611,7 @@ fn permanent_after_data(rows: &Rows) {
         }),
         ..Opts::default()
     };
-    let (dev, server) = setup(opts, &[]);
+    let (dev, server) = setup(p, opts, &[]);
     let mut c = Case::submit(&dev, &["a", "b"], &small_body());
     let why = "554 5.6.0 Error: message content rejected";
     c.run(Place::Failed, &[("a", "failed", why), ("b", "failed", why)]);
@@ -983,14 +620,14 @@ fn permanent_after_data(rows: &Rows) {
     c.finish(Some(&server), "5xx after DATA", rows);
 }
 
-fn second_transaction_lost(rows: &Rows) {
+fn second_transaction_lost(rows: &Rows, p: bool) {
     // Three transactions of at most two recipients: the connection dies in
     // the second; the third goes out on a new connection.
     let opts = Opts {
         script: Arc::new(|l| if l == "RCPT TO:<c@faults.test>" { Act::Close } else { Act::Default }),
         ..Opts::default()
     };
-    let (dev, server) = setup(opts, &[("max_rcpt_per_transaction", "2")]);
+    let (dev, server) = setup(p, opts, &[("max_rcpt_per_transaction", "2")]);
     let mut c = Case::submit(&dev, &["a", "b", "c", "d", "e"], &small_body());
     let why = format!("lost connection with {} while sending RCPT TO", server.name());
     c.run(
@@ -1011,8 +648,8 @@ fn second_transaction_lost(rows: &Rows) {
     c.finish(Some(&server), "lost in 2nd of 3 transactions", rows);
 }
 
-fn disconnect_in_data(rows: &Rows) {
-    let (dev, server) = setup(Opts { close_in_data_after: Some(4096), ..Opts::default() }, &[]);
+fn disconnect_in_data(rows: &Rows, p: bool) {
+    let (dev, server) = setup(p, Opts { close_in_data_after: Some(4096), ..Opts::default() }, &[]);
     let mut c = Case::submit(&dev, &["a", "b"], &large_body());
     let why = format!("lost connection with {} while sending the message", server.name());
     c.run(Place::Deferred, &[("a", "deferred", &why), ("b", "deferred", &why)]);
@@ -1021,7 +658,7 @@ fn disconnect_in_data(rows: &Rows) {
     c.finish(Some(&server), "disconnect during DATA", rows);
 }
 
-fn disconnect_after_rcpt(rows: &Rows) {
+fn disconnect_after_rcpt(rows: &Rows, p: bool) {
     let opts = Opts {
         script: Arc::new(|l| match l {
             "RCPT TO:<b@faults.test>" => Act::Close,
@@ -1029,7 +666,7 @@ fn disconnect_after_rcpt(rows: &Rows) {
         }),
         ..Opts::default()
     };
-    let (dev, server) = setup(opts, &[]);
+    let (dev, server) = setup(p, opts, &[]);
     let mut c = Case::submit(&dev, &["r550", "a", "b", "c"], &small_body());
     let why = format!("lost connection with {} while sending RCPT TO", server.name());
     c.run(
@@ -1041,12 +678,12 @@ fn disconnect_after_rcpt(rows: &Rows) {
     c.finish(Some(&server), "disconnect after RCPT", rows);
 }
 
-fn stall_after_rcpt(rows: &Rows) {
+fn stall_after_rcpt(rows: &Rows, p: bool) {
     let opts = Opts {
         script: Arc::new(|l| if l == "RCPT TO:<b@faults.test>" { Act::Hang } else { Act::Default }),
         ..Opts::default()
     };
-    let (dev, server) = setup(opts, &[]);
+    let (dev, server) = setup(p, opts, &[]);
     let mut c = Case::submit(&dev, &["a", "b"], &small_body());
     let why = format!("conversation with {} timed out while sending RCPT TO", server.name());
     c.run(Place::Deferred, &[("a", "deferred", &why), ("b", "deferred", &why)]);
@@ -1055,9 +692,9 @@ fn stall_after_rcpt(rows: &Rows) {
     c.finish(Some(&server), "no reply to RCPT (2s)", rows);
 }
 
-fn stall_after_data(rows: &Rows) {
+fn stall_after_data(rows: &Rows, p: bool) {
     let opts = Opts { script: Arc::new(|l| if l == "." { Act::Hang } else { Act::Default }), ..Opts::default() };
-    let (dev, server) = setup(opts, &[]);
+    let (dev, server) = setup(p, opts, &[]);
     let mut c = Case::submit(&dev, &["a", "b"], &small_body());
     let why =
         format!("conversation with {} timed out while waiting for the reply to the end of the message", server.name());
@@ -1076,13 +713,13 @@ fn tls_opts(server_config: Arc<ServerConfig>) -> Opts {
     }
 }
 
-fn starttls_required(rows: &Rows) {
+fn starttls_required(rows: &Rows, p: bool) {
     let (ca, server_config) = pki();
-    let dev = Dev::new();
+    let dev = Dev::new(p);
     let ca_file = dev.public_file("ca.pem", &ca);
-    let server = Server::start(tls_opts(server_config));
+    let server = start(p, tls_opts(server_config));
     let ca_path = ca_file.display().to_string();
-    dev.configure(&server.relay(), &[("starttls", "required"), ("tls_ca_file", &ca_path)]);
+    dev.configure(&server.url(), &[("starttls", "required"), ("tls_ca_file", &ca_path)]);
     let mut c = Case::submit(&dev, &["a", "b"], &small_body());
     c.run(Place::Removed, &[("a", "sent", "250"), ("b", "sent", "250")]);
     let convs = server.conversations();
@@ -1092,14 +729,14 @@ fn starttls_required(rows: &Rows) {
     c.finish(Some(&server), "STARTTLS required, test CA", rows);
 }
 
-fn starttls_untrusted(rows: &Rows) {
+fn starttls_untrusted(rows: &Rows, p: bool) {
     let (_, server_config) = pki();
     let (other_ca, _) = pki();
-    let dev = Dev::new();
+    let dev = Dev::new(p);
     let ca_file = dev.public_file("ca.pem", &other_ca);
-    let server = Server::start(tls_opts(server_config.clone()));
+    let server = start(p, tls_opts(server_config.clone()));
     let ca_path = ca_file.display().to_string();
-    dev.configure(&server.relay(), &[("starttls", "required"), ("tls_ca_file", &ca_path)]);
+    dev.configure(&server.url(), &[("starttls", "required"), ("tls_ca_file", &ca_path)]);
     let mut c = Case::submit(&dev, &["a"], &small_body());
     let why = format!("TLS handshake with {} failed", server.name());
     c.run(Place::Deferred, &[("a", "deferred", &why)]);
@@ -1108,28 +745,28 @@ fn starttls_untrusted(rows: &Rows) {
     // CA now trusted.
     let (ca, fixed) = pki();
     dev.public_file("ca.pem", &ca);
-    let good = Server::start(tls_opts(fixed));
-    dev.configure(&good.relay(), &[("starttls", "required"), ("tls_ca_file", &ca_path)]);
+    let good = start(p, tls_opts(fixed));
+    dev.configure(&good.url(), &[("starttls", "required"), ("tls_ca_file", &ca_path)]);
     c.run(Place::Removed, &[("a", "sent", "250")]);
     assert!(good.accepted().iter().all(|a| a.tls));
     c.finish(Some(&good), "STARTTLS required, unknown CA", rows);
 }
 
-fn starttls_not_offered(rows: &Rows) {
-    let (dev, server) = setup(Opts::default(), &[("starttls", "required")]);
+fn starttls_not_offered(rows: &Rows, p: bool) {
+    let (dev, server) = setup(p, Opts::default(), &[("starttls", "required")]);
     let mut c = Case::submit(&dev, &["a"], &small_body());
     let why = format!("{} does not offer STARTTLS, and starttls = required", server.name());
     c.run(Place::Deferred, &[("a", "deferred", &why)]);
     // The operator relaxes the policy.
-    dev.configure(&server.relay(), &[("starttls", "opportunistic")]);
+    dev.configure(&server.url(), &[("starttls", "opportunistic")]);
     c.run(Place::Removed, &[("a", "sent", "250")]);
     c.finish(Some(&server), "STARTTLS required, not offered", rows);
 }
 
-fn starttls_refused_opportunistic(rows: &Rows) {
+fn starttls_refused_opportunistic(rows: &Rows, p: bool) {
     // Offered, then refused with 454: the session goes on in the clear.
     let opts = Opts { extensions: vec!["STARTTLS".into()], ..Opts::default() };
-    let (dev, server) = setup(opts, &[("starttls", "opportunistic")]);
+    let (dev, server) = setup(p, opts, &[("starttls", "opportunistic")]);
     let mut c = Case::submit(&dev, &["a"], &small_body());
     c.run(Place::Removed, &[("a", "sent", "250")]);
     assert_eq!(server.conversations()[0].commands[1], "STARTTLS");
@@ -1138,15 +775,15 @@ fn starttls_refused_opportunistic(rows: &Rows) {
     c.finish(Some(&server), "STARTTLS opportunistic, 454", rows);
 }
 
-fn starttls_untrusted_opportunistic(rows: &Rows) {
+fn starttls_untrusted_opportunistic(rows: &Rows, p: bool) {
     // A certificate that cannot be verified: a new connection without TLS.
     let (_, server_config) = pki();
     let (other_ca, _) = pki();
-    let dev = Dev::new();
+    let dev = Dev::new(p);
     let ca_file = dev.public_file("ca.pem", &other_ca);
-    let server = Server::start(Opts { require_tls: false, ..tls_opts(server_config) });
+    let server = start(p, Opts { require_tls: false, ..tls_opts(server_config) });
     let ca_path = ca_file.display().to_string();
-    dev.configure(&server.relay(), &[("starttls", "opportunistic"), ("tls_ca_file", &ca_path)]);
+    dev.configure(&server.url(), &[("starttls", "opportunistic"), ("tls_ca_file", &ca_path)]);
     let mut c = Case::submit(&dev, &["a"], &small_body());
     c.run(Place::Removed, &[("a", "sent", "250")]);
     let convs = server.conversations();
@@ -1164,25 +801,25 @@ fn auth_opts() -> Opts {
     Opts { auth: Some((USER.into(), PASSWORD.into())), ..Opts::default() }
 }
 
-fn auth_required(rows: &Rows) {
-    let (dev, server) = setup(auth_opts(), &[]);
+fn auth_required(rows: &Rows, p: bool) {
+    let (dev, server) = setup(p, auth_opts(), &[]);
     let mut c = Case::submit(&dev, &["a", "b"], &small_body());
     // No credentials configured: the server's 530 to MAIL is temporary.
     let why = "530 5.7.0 Authentication required";
     c.run(Place::Deferred, &[("a", "deferred", why), ("b", "deferred", why)]);
     let file = dev.private_file("relay-auth", &format!("# relay\n{USER} {PASSWORD}\n"), 0o600);
-    dev.configure(&server.relay(), &[("relay_auth_file", &file.display().to_string())]);
+    dev.configure(&server.url(), &[("relay_auth_file", &file.display().to_string())]);
     c.run(Place::Removed, &[("a", "sent", "250"), ("b", "sent", "250")]);
     let convs = server.conversations();
     assert!(convs.last().is_some_and(|cv| cv.authenticated), "{convs:#?}");
     c.finish(Some(&server), "AUTH required", rows);
 }
 
-fn auth_wrong_password(rows: &Rows) {
-    let dev = Dev::new();
-    let server = Server::start(auth_opts());
+fn auth_wrong_password(rows: &Rows, p: bool) {
+    let dev = Dev::new(p);
+    let server = start(p, auth_opts());
     let file = dev.private_file("relay-auth", &format!("{USER} wrong-password\n"), 0o600);
-    dev.configure(&server.relay(), &[("relay_auth_file", &file.display().to_string())]);
+    dev.configure(&server.url(), &[("relay_auth_file", &file.display().to_string())]);
     let mut c = Case::submit(&dev, &["a"], &small_body());
     let why = format!("{} rejected the credentials: 535 5.7.8", server.name());
     let log = c.run(Place::Deferred, &[("a", "deferred", &why)]);
@@ -1194,11 +831,11 @@ fn auth_wrong_password(rows: &Rows) {
     c.finish(Some(&server), "AUTH, wrong password", rows);
 }
 
-fn auth_file_readable_by_others(rows: &Rows) {
-    let dev = Dev::new();
-    let server = Server::start(auth_opts());
+fn auth_file_readable_by_others(rows: &Rows, p: bool) {
+    let dev = Dev::new(p);
+    let server = start(p, auth_opts());
     let file = dev.private_file("relay-auth", &format!("{USER} {PASSWORD}\n"), 0o644);
-    dev.configure(&server.relay(), &[("relay_auth_file", &file.display().to_string())]);
+    dev.configure(&server.url(), &[("relay_auth_file", &file.display().to_string())]);
     let mut c = Case::submit(&dev, &["a"], &small_body());
     let why = format!("relay_auth_file {} has mode 0644", file.display());
     let log = c.run(Place::Deferred, &[("a", "deferred", &why)]);
@@ -1213,7 +850,7 @@ fn auth_file_readable_by_others(rows: &Rows) {
 /// table, and fail if any case failed.
 #[test]
 fn runner_smtp_fault_matrix() {
-    type CaseFn = fn(&Rows);
+    type CaseFn = fn(&Rows, bool);
     let cases: &[(&str, CaseFn)] = &[
         ("connection refused", connection_refused),
         ("421 greeting", greeting_421),
@@ -1236,23 +873,26 @@ fn runner_smtp_fault_matrix() {
     ];
     let rows: Rows = Mutex::new(Vec::new());
     let mut failed = Vec::new();
-    for (name, case) in cases {
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&rows)));
-        if let Err(e) = r {
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
-            let first = msg.lines().next().unwrap_or("").to_owned();
-            rows.lock().unwrap().push(Row {
-                case: (*name).to_owned(),
-                run1: "FAILED".into(),
-                run2: String::new(),
-                accepted: String::new(),
-                why: first,
-            });
-            failed.push(*name);
+    for p in [true, false] {
+        for (name, case) in cases {
+            let name = format!("{name}{}", if p { "" } else { " [no PIPELINING]" });
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&rows, p)));
+            if let Err(e) = r {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                let first = msg.lines().next().unwrap_or("").to_owned();
+                rows.lock().unwrap().push(Row {
+                    case: name.clone(),
+                    run1: "FAILED".into(),
+                    run2: String::new(),
+                    accepted: String::new(),
+                    why: first,
+                });
+                failed.push(name);
+            }
         }
     }
     let rows = rows.into_inner().unwrap();
@@ -1279,7 +919,7 @@ fn runner_smtp_fault_matrix() {
 #[test]
 fn runner_log_stderr_carries_transport_warnings() {
     let opts = Opts { extensions: vec!["STARTTLS".into()], ..Opts::default() };
-    let (dev, server) = setup(opts, &[("starttls", "opportunistic")]);
+    let (dev, server) = setup(true, opts, &[("starttls", "opportunistic")]);
     let id = dev.submit(&[addr("a")], &small_body());
     let (log, _) = dev.run_once();
     assert!(log.contains(&format!("{id}: to=<a@faults.test>, relay={}", server.name())), "{log}");
@@ -1335,7 +975,7 @@ fn relay_lines(r: &Ran) -> Vec<String> {
 #[test]
 fn check_relay_reports_reachable_refusing_wrong_password_and_a_ca_as_end_entity() {
     // Reachable, with STARTTLS (test CA) and AUTH: every step, no problem.
-    let dev = Dev::new();
+    let dev = Dev::new(true);
     let (ca_pem, tls) = pki();
     let opts = Opts { auth: Some((USER.into(), PASSWORD.into())), ..tls_opts(tls) };
     let server = Server::start(opts.clone());
@@ -1343,7 +983,7 @@ fn check_relay_reports_reachable_refusing_wrong_password_and_a_ca_as_end_entity(
     let auth = dev.private_file("relay-auth", &format!("{USER} {PASSWORD}\n"), 0o600);
     let (ca, auth) = (ca.display().to_string(), auth.display().to_string());
     let secure = [("starttls", "required"), ("tls_ca_file", ca.as_str()), ("relay_auth_file", auth.as_str())];
-    dev.configure(&server.relay(), &secure);
+    dev.configure(&server.url(), &secure);
     let r = dev.check(&["--relay"]);
     let lines = relay_lines(&r).join("\n");
     let name = server.name();
@@ -1383,7 +1023,7 @@ fn check_relay_reports_reachable_refusing_wrong_password_and_a_ca_as_end_entity(
     let (self_signed, tls) = ca_as_end_entity();
     let server = Server::start(tls_opts(tls));
     let ca = dev.public_file("self-signed.pem", &self_signed).display().to_string();
-    dev.configure(&server.relay(), &[("starttls", "required"), ("tls_ca_file", ca.as_str())]);
+    dev.configure(&server.url(), &[("starttls", "required"), ("tls_ca_file", ca.as_str())]);
     let r = dev.check(&["--relay"]);
     let name = server.name();
     assert!(r.stdout.contains(&format!("relay {name}: TLS handshake with {name} failed")), "{}", r.stdout);
@@ -1396,10 +1036,10 @@ fn check_relay_reports_reachable_refusing_wrong_password_and_a_ca_as_end_entity(
 
 #[test]
 fn check_send_queues_a_test_message_that_is_delivered() {
-    let dev = Dev::new();
+    let dev = Dev::new(true);
     let server = Server::start(Opts::default());
     let helper = dev.bin.join("outq-enqueue").display().to_string();
-    dev.configure(&server.relay(), &[("enqueue_program", &helper)]);
+    dev.configure(&server.url(), &[("enqueue_program", &helper)]);
     let r = dev.check(&["--send", "admin@faults.test"]);
     let id = r
         .stdout
@@ -1425,7 +1065,7 @@ fn check_send_queues_a_test_message_that_is_delivered() {
 #[test]
 fn status_exit_codes_follow_failed_entries() {
     let opts = Opts { script: Arc::new(rcpt_by_local_part), ..Opts::default() };
-    let (dev, _server) = setup(opts, &[]);
+    let (dev, _server) = setup(true, opts, &[]);
     // r550 is refused with 550: the entry ends in failed/ (the notice to
     // the sender is delivered by the second run).
     let id = dev.submit(&[addr("r550")], &small_body());
@@ -1479,7 +1119,7 @@ fn status_exit_codes_follow_failed_entries() {
 fn a_silent_relay_defers_a_thousand_entries_in_one_pass() {
     const ENTRIES: usize = 1000;
     let opts = Opts { script: Arc::new(|_| Act::Hang), ..Opts::default() };
-    let (dev, server) = setup(opts, &[("command_timeout", "2s"), ("connections", "2")]);
+    let (dev, server) = setup(true, opts, &[("command_timeout", "2s"), ("connections", "2")]);
     let body = small_body();
     let t0 = Instant::now();
     for n in 0..ENTRIES {

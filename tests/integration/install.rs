@@ -251,6 +251,8 @@ fn expected(prefix: &str, sysconf: &str, drop_group: &str, config_kept: bool) ->
         expect(format!("{prefix}/sbin/outq-enqueue"), "root", drop_group, 0o2755),
         expect(format!("{prefix}/sbin/outq"), "root", "root", 0o755),
         expect(format!("{prefix}/sbin/outq-sendmail"), "root", "root", 0o755),
+        expect(format!("{prefix}/lib/systemd/system/outq-smtp.socket"), "root", "root", 0o644),
+        expect(format!("{prefix}/lib/systemd/system/outq-smtp@.service"), "root", "root", 0o644),
         expect(format!("{prefix}/lib/systemd/system/outq.service"), "root", "root", 0o644),
         expect(format!("{prefix}/lib/sysusers.d/outq.conf"), "root", "root", 0o644),
         expect(format!("{prefix}/lib/tmpfiles.d/outq.conf"), "root", "root", 0o644),
@@ -559,6 +561,7 @@ fn live_install_creates_accounts_and_spool_and_purge_removes_them() {
     ok("live install.sh", &r);
     assert!(r.stdout.contains(&format!("created group {group}")), "{}", r.stdout);
     assert!(r.stdout.contains(&format!("created user {user}")), "{}", r.stdout);
+    assert!(User::from_name("outq-smtp").unwrap().is_some(), "the SMTP session account: {}", r.stdout);
     assert!(r.stdout.contains("outq init: spool"), "outq init did not run: {}", r.stdout);
     assert!(r.stdout.contains("is in order"), "outq check did not pass: {}", r.stdout);
     // The debug programs read /etc/outq/outq.conf; the script says so.
@@ -611,6 +614,8 @@ fn live_install_creates_accounts_and_spool_and_purge_removes_them() {
     assert!(User::from_name(&user).unwrap().is_none(), "purge removes the user");
     assert!(Group::from_name(&user).unwrap().is_none(), "purge removes the user's group");
     assert!(Group::from_name(&group).unwrap().is_none(), "purge removes the helper's group");
+    assert!(User::from_name("outq-smtp").unwrap().is_none(), "purge removes outq-smtp");
+    assert!(Group::from_name("outq-smtp").unwrap().is_none(), "purge removes outq-smtp's group");
 }
 
 // ---------------------------------------------------------------------------
@@ -782,6 +787,8 @@ fn the_debian_package_replaces_postfix_installs_delivers_removes_and_purges() {
         expect("/etc/outq".into(), "root", "root", 0o755),
         expect("/etc/outq/outq.conf".into(), "root", "root", 0o644),
         expect("/usr/lib/systemd/system/outq.service".into(), "root", "root", 0o644),
+        expect("/usr/lib/systemd/system/outq-smtp.socket".into(), "root", "root", 0o644),
+        expect("/usr/lib/systemd/system/outq-smtp@.service".into(), "root", "root", 0o644),
         expect("/usr/lib/sysusers.d/outq.conf".into(), "root", "root", 0o644),
         expect("/usr/lib/tmpfiles.d/outq.conf".into(), "root", "root", 0o644),
         expect("/usr/share/lintian/overrides/outq".into(), "root", "root", 0o644),
@@ -809,6 +816,7 @@ fn the_debian_package_replaces_postfix_installs_delivers_removes_and_purges() {
         (sys.uid("outq").unwrap(), sys.gid("outq").unwrap(), sys.gid("outqdrop").unwrap());
     assert_eq!(sys.passwd_field("outq", 3), Some(outq_gid.to_string()), "outq's primary group is outq");
     assert_eq!(sys.group_members("outqdrop").as_deref(), Some(""), "outqdrop has no members");
+    assert!(sys.uid("outq-smtp").is_some(), "the SMTP session account outq-smtp");
     for part in PARTS.iter() {
         let p = Path::new(SPOOL).join(part.name);
         let m = std::fs::symlink_metadata(sys.path(&p.display().to_string())).unwrap();
@@ -942,6 +950,7 @@ fn the_debian_package_replaces_postfix_installs_delivers_removes_and_purges() {
     }
     assert!(sys.uid("outq").is_none(), "dpkg -P removes the user outq");
     assert!(sys.gid("outq").is_none() && sys.gid("outqdrop").is_none(), "dpkg -P removes the groups");
+    assert!(sys.uid("outq-smtp").is_none() && sys.gid("outq-smtp").is_none(), "dpkg -P removes outq-smtp");
     assert_eq!(statoverride_in(&sys), "", "dpkg -P removes the statoverride");
 
     // This machine's own package state did not change.

@@ -577,7 +577,7 @@ fn ops_list_and_show_describe_each_entry() {
     assert_eq!(lines.len(), 2, "{lines:#?}");
     let la = lines.iter().find(|l| l.id == a).expect("A listed");
     assert_eq!((la.state.as_str(), la.size, la.sender.as_str()), ("new", MSG_A.len() as u64, "<app@example.org>"));
-    assert_eq!((la.counts.as_str(), la.next.as_str(), la.last.as_str()), ("2/0/0", "-", ""));
+    assert_eq!((la.counts.as_str(), la.next.as_str(), la.last.as_str()), ("2/0/0", "-", "waiting for pickup"));
     let lb = lines.iter().find(|l| l.id == b).expect("B listed");
     assert_eq!((lb.state.as_str(), lb.sender.as_str(), lb.counts.as_str()), ("new", "<>", "1/0/0"));
 
@@ -1071,7 +1071,8 @@ fn ops_status_reports_the_queue_and_its_runner() {
     let r = fx.op(&["status"]);
     r.assert_code(0);
     assert_eq!(r.stdout.lines().next(), Some(format!("spool {spool}: runner running (pid {pid})").as_str()));
-    assert_eq!(r.stdout.lines().count(), 7, "{}", r.stdout);
+    assert_eq!(r.stdout.lines().count(), 8, "{}", r.stdout);
+    assert_eq!(status_row(&r.stdout, "tmp"), (0, 0, "-".to_owned()));
     let (n, bytes, oldest) = status_row(&r.stdout, "deferred");
     assert_eq!((n, bytes), (1, size("deferred", &a)));
     assert!(oldest.ends_with('s'), "{oldest}");

@@ -26,8 +26,8 @@ use outq_spool::entry::{self, Limits};
 use outq_spool::layout::PARTS;
 
 use crate::support::{
-    Account, PrivilegedLock, Ran, SystemConfig, TestAccounts, as_user, bin, install_helper, list, message, mode_of,
-    privileged, privileged_lock, root_cmd, root_tempdir, run_timeout, wait_timeout, wait_until,
+    Account, PrivilegedLock, Ran, SystemConfig, TestAccounts, TestSyslog, as_user, bin, install_helper, list, message,
+    mode_of, privileged, privileged_lock, root_cmd, root_tempdir, run_timeout, wait_timeout, wait_until,
 };
 
 const LIMITS: Limits = Limits { max_recipients: 1000, max_size: 10_240_000 };
@@ -339,9 +339,18 @@ fn caller_commits_an_entry_it_owns_with_mode_0404() {
     let (h, got) = entry::parse_bytes(&data, &LIMITS).unwrap();
     assert_eq!(h.id.as_str(), id);
     assert_eq!(h.uid, caller.uid);
-    assert_eq!(h.login, caller.name);
+    // With -f and submit_users = anyone the helper makes no password
+    // lookup: the entry names the submitter by uid (and file owner) only.
+    assert_eq!(h.login, None);
     assert_eq!(h.sender.as_str(), "sender@example.org");
     assert_eq!(got, body.as_slice());
+    fx.clear_new();
+    // Without -f the login is looked up for the default sender, and kept.
+    let r = fx.submit(caller, &["rcpt@example.org"], &body);
+    let path = fx.assert_accepted("default sender", &r);
+    let (h, _) = entry::parse_bytes(&std::fs::read(&path).unwrap(), &LIMITS).unwrap();
+    assert_eq!(h.login.as_deref(), Some(caller.name.as_str()));
+    assert!(h.sender.as_str().starts_with(&format!("{}@", caller.name)), "{}", h.sender.as_str());
 }
 
 #[test]
@@ -519,27 +528,74 @@ fn outq_init_is_idempotent_repairs_modes_and_never_touches_entries() {
 }
 
 #[test]
-fn closed_standard_descriptors_are_refused() {
-    if !privileged("closed_standard_descriptors_are_refused") {
+fn closed_stdin_is_refused_closed_stdout_or_stderr_accepted() {
+    if !privileged("closed_stdin_is_refused_closed_stdout_or_stderr_accepted") {
         return;
     }
     let fx = Fixture::new();
     let caller = &fx.acc.caller;
+    let log = TestSyslog::new();
     // Exactly one descriptor closed per case; the helper must notice even
     // though glibc (secure mode) reopens it before main.
-    for (script, code, what) in [
-        ("exec <&-; exec \"$0\" \"$@\"", 66, "standard input closed"),
-        ("exec >&-; exec \"$0\" \"$@\"", 64, "standard output closed"),
-    ] {
-        let r = run_timeout(fx.helper_via_sh(caller, script, &["a@example.org"]), b"m\n", TIMEOUT);
-        fx.assert_refused(what, &r, code);
-        r.assert_stderr_contains("is closed");
+    let r = run_timeout(fx.helper_via_sh(caller, "exec <&-; exec \"$0\" \"$@\"", &["a@example.org"]), b"m\n", TIMEOUT);
+    fx.assert_refused("standard input closed", &r, 66);
+    r.assert_stderr_contains("standard input is closed");
+    // Standard output closed: accepted; the queue ID reaches syslog only.
+    let cmd = fx.helper_via_sh(caller, "exec >&-; exec \"$0\" \"$@\"", &["-f", "s@example.org", "a@example.org"]);
+    let r = run_timeout(log.wrap(&cmd), b"m\n", TIMEOUT);
+    assert_eq!(r.code, Some(0), "standard output closed: {r:?}");
+    assert_eq!((r.stdout.as_str(), r.stderr.as_str()), ("", ""), "standard output closed");
+    let ids = fx.names("new");
+    assert_eq!(ids.len(), 1, "standard output closed: exactly one entry, found {ids:?}");
+    assert_eq!(fx.names("tmp"), Vec::<String>::new());
+    assert_logged(&log, &ids[0], "standard output closed: queue ID logged only");
+    fx.clear_new();
+    // Standard error closed: accepted, the queue ID printed and logged.
+    let cmd = fx.helper_via_sh(caller, "exec 2>&-; exec \"$0\" \"$@\"", &["-f", "s@example.org", "a@example.org"]);
+    let r = run_timeout(log.wrap(&cmd), b"m\n", TIMEOUT);
+    assert_eq!(r.code, Some(0), "standard error closed: {r:?}");
+    let path = fx.assert_accepted("standard error closed", &r);
+    assert_eq!(fx.names("new").len(), 1);
+    assert!(path.ends_with(r.queue_id()));
+    assert_logged(&log, &r.queue_id(), "uid=");
+}
+
+/// Exactly one record in `log` is the helper's acceptance of `id`: facility
+/// mail, severity info, our ident, and `needle` in its text.
+#[track_caller]
+fn assert_logged(log: &TestSyslog, id: &str, needle: &str) {
+    let records = log.records();
+    let accepted: Vec<&String> = records
+        .iter()
+        .filter(|r| r.starts_with("<22>outq-enqueue[") && r.contains(&format!("]: {id}: uid=")))
+        .collect();
+    assert_eq!(accepted.len(), 1, "one acceptance record for {id} in {records:?}");
+    assert!(accepted[0].contains(needle), "{needle:?} not in {:?}", accepted[0]);
+}
+
+#[test]
+fn outq_sendmail_accepts_closed_stdout_and_stderr() {
+    if !privileged("outq_sendmail_accepts_closed_stdout_and_stderr") {
+        return;
     }
-    // With standard error closed there is no message to read.
-    let r = run_timeout(fx.helper_via_sh(caller, "exec 2>&-; exec \"$0\" \"$@\"", &["a@example.org"]), b"m\n", TIMEOUT);
-    assert_eq!(r.code, Some(64), "standard error closed: {r:?}");
-    assert_eq!((r.stdout.as_str(), r.stderr.as_str()), ("", ""));
-    fx.assert_spool_empty("standard error closed");
+    let fx = Fixture::new();
+    let caller = &fx.acc.caller;
+    let log = TestSyslog::new();
+    fx.write_config(&format!("myhostname = host.example\nenqueue_program = {}\n", fx.helper.display()));
+    for (script, what) in [("exec >&-", "standard output closed"), ("exec 2>&-", "standard error closed")] {
+        let mut cmd = as_user(caller, &[], Path::new("/bin/sh"));
+        cmd.arg("-c")
+            .arg(format!("{script}; exec \"$0\" \"$@\""))
+            .arg(bin("outq-sendmail"))
+            .args(["-i", "a@example.org"]);
+        let r = run_timeout(log.wrap(&cmd), b"Subject: t\n\nm\n", TIMEOUT);
+        assert_eq!(r.code, Some(0), "{what}: {r:?}");
+        assert_eq!(r.stderr, "", "{what}");
+        let ids = fx.names("new");
+        assert_eq!(ids.len(), 1, "{what}: exactly one entry, found {ids:?}");
+        assert_logged(&log, &ids[0], "uid=");
+        fx.clear_new();
+    }
 }
 
 #[test]
@@ -897,7 +953,8 @@ fn two_hundred_killed_helpers_are_all_reclaimed_by_the_next_run() {
     r.assert_code(0);
     assert_eq!(fx.names("tmp"), Vec::<String>::new(), "left in tmp/ after the run:\n{}", r.stderr);
     assert_eq!(fx.names("new"), Vec::<String>::new());
-    let reclaimed = r.stderr.lines().filter(|l| l.contains("removed from tmp/: its writer (uid")).count();
+    let reclaimed =
+        r.stderr.lines().filter(|l| l.contains("removed from tmp/: never committed; its writer (uid")).count();
     assert_eq!(reclaimed, HELPERS, "{}", r.stderr);
     assert!(r.stderr.contains(&format!("tmp/: reclaimed {HELPERS} abandoned file(s)")), "{}", r.stderr);
 }

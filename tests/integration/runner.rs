@@ -150,7 +150,7 @@ impl Drop for Proc {
 ///
 /// ```text
 /// <dir>/            0755, ours (root's or the user's)
-///   bin/            links to (or copies of) outq and outq-enqueue
+///   bin/            links to (or copies of) outq, outq-enqueue, outq-sendmail
 ///   outq.conf       0644, ours
 ///   *.sh            pipe: scripts, 0755
 ///   work/           0755, the runner's account
@@ -193,7 +193,7 @@ impl Dev {
         let bin_dir = dir.path().join("bin");
         std::fs::create_dir(&bin_dir).unwrap();
         std::fs::set_permissions(&bin_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        for name in ["outq", "outq-enqueue"] {
+        for name in ["outq", "outq-enqueue", "outq-sendmail"] {
             link_or_copy(&bin(name), &bin_dir.join(name));
         }
         let work = dir.path().join("work");
@@ -1036,4 +1036,442 @@ fn crash_safety_under_repeated_sigkill() {
     }
     let states: Vec<String> = dev.names("state").into_iter().filter(|n| !n.starts_with('.')).collect();
     assert_eq!(states, Vec::<String>::new(), "state files without an entry remain");
+}
+
+// ---------------------------------------------------------------------------
+// Aliases and the admin_address catch-all (applied by the runner)
+
+/// A root- (or our-) owned 0644 aliases file in the test directory.
+fn write_aliases(dev: &Dev, text: &str) -> PathBuf {
+    let p = dev.dir.path().join("aliases");
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    p
+}
+
+fn delivered_to(mail: &Path) -> BTreeSet<String> {
+    deliveries(mail).iter().map(|d| d.delivered_to.strip_prefix("Delivered-To: ").unwrap().to_owned()).collect()
+}
+
+#[test]
+fn aliases_and_the_catch_all_route_local_names() {
+    let dev = Dev::new();
+    let aliases = write_aliases(
+        &dev,
+        "# the usual Debian file, and more\nmailer-daemon: postmaster\npostmaster: root\n\
+         root: admin@example.net, ops\nops:\n  ops-team@example.net\n\
+         loop1: loop2\nloop2: loop1\nprog: \"|/usr/bin/procmail\"\nthis line is broken\n",
+    );
+    let mail = dev.maildir_config(&format!("alias_file = {}\n", aliases.display()));
+    let body = b"Subject: aliases\n\nx\n";
+    let id = dev.submit(
+        &["-f", "app@example.org", "root", "postmaster@localhost", "alice", "remote@example.org", "loop1", "prog"],
+        body,
+    );
+    let log = dev.run_once_ok();
+    let want: BTreeSet<String> = [
+        "admin@example.net",
+        "ops-team@example.net",
+        "alice@test.example",
+        "remote@example.org",
+        "loop1@test.example",
+        "prog@test.example",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(delivered_to(&mail), want, "{log}");
+    for d in deliveries(&mail) {
+        assert_eq!(d.body, body, "the message itself is not rewritten");
+    }
+    for needle in [
+        format!("{id}: to=<root@test.example> aliased to <admin@example.net>"),
+        format!("{id}: to=<root@test.example> aliased to <ops-team@example.net>"),
+        "alias loop through loop1 -> loop2".to_owned(),
+        "target |/usr/bin/procmail is not supported by a null client".to_owned(),
+        format!("aliases file {}: line 10:", aliases.display()),
+    ] {
+        assert!(log.contains(&needle), "{needle:?} not in the log:\n{log}");
+    }
+    dev.assert_empty_but(&[]);
+    // outq check names the broken line too.
+    let (spool, conf) = (dev.spool.display().to_string(), dev.config.display().to_string());
+    let r = dev.run(dev.outq(&["check", "--spool", &spool, "--config", &conf]));
+    let want = format!("aliases file {}: line 10: expected 'name: address, ...'; skipped", aliases.display());
+    assert!(r.stdout.contains(&want), "{want:?} not in\n{}", r.stdout);
+
+    // With admin_address, the names no alias resolves go there instead.
+    dev.maildir_config(&format!("alias_file = {}\nadmin_address = boss@example.net\n", aliases.display()));
+    std::fs::remove_dir_all(&mail).unwrap();
+    dev.submit(&["root", "alice", "loop1", "remote@example.org"], body);
+    let log = dev.run_once_ok();
+    let want: BTreeSet<String> =
+        ["admin@example.net", "ops-team@example.net", "boss@example.net", "remote@example.org"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    assert_eq!(delivered_to(&mail), want, "{log}");
+    assert!(log.contains("alice@test.example has no alias: sent to admin_address boss@example.net"), "{log}");
+
+    // Without an aliases file, root goes to the catch-all.
+    std::fs::remove_file(&aliases).unwrap();
+    std::fs::remove_dir_all(&mail).unwrap();
+    dev.submit(&["root"], body);
+    let log = dev.run_once_ok();
+    assert_eq!(delivered_to(&mail), BTreeSet::from(["boss@example.net".to_owned()]), "{log}");
+    dev.assert_empty_but(&[]);
+}
+
+#[test]
+fn an_expansion_is_recorded_with_its_origin_and_kept_across_attempts() {
+    let dev = Dev::new();
+    let out = recording_pipe(&dev);
+    let script = dev.dir.path().join("record.sh");
+    let aliases = write_aliases(&dev, "root: first@example.net\n");
+    dev.set_config(&format!("relay = pipe:{}\nalias_file = {}\n", script.display(), aliases.display()));
+    set_code(&out, 75);
+    let id = dev.submit(&["root", "other@example.org"], b"Subject: s\n\nx\n");
+    let log = dev.run_once_ok();
+    let state = dev.state(&id);
+    assert!(
+        state.lines().any(|l| l.starts_with("rcpt <first@example.net> via <root@test.example> pending ")),
+        "{state}"
+    );
+    assert!(state.lines().any(|l| l.starts_with("rcpt <other@example.org> pending ")), "{state}\n{log}");
+
+    // The file changes; the recorded expansion is what the next attempt uses.
+    write_aliases(&dev, "root: second@example.net\n");
+    set_code(&out, 0);
+    dev.run(dev.outq(&[
+        "flush",
+        "--spool",
+        &dev.spool.display().to_string(),
+        "--config",
+        &dev.config.display().to_string(),
+    ]))
+    .assert_code(0);
+    let log = dev.run_once_ok();
+    let env = std::fs::read_to_string(out.join(format!("{id}.env"))).unwrap();
+    assert!(env.lines().any(|l| l == "OUTQ_RECIPIENTS=first@example.net other@example.org"), "{env}\n{log}");
+    dev.assert_empty_but(&[]);
+}
+
+#[test]
+fn an_aliases_file_others_may_write_defers_instead_of_guessing() {
+    let dev = Dev::new();
+    let aliases = write_aliases(&dev, "root: admin@example.net\n");
+    std::fs::set_permissions(&aliases, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mail = dev.maildir_config(&format!("alias_file = {}\n", aliases.display()));
+    let id = dev.submit(&["root"], b"Subject: s\n\nx\n");
+    let log = dev.run_once_ok();
+    assert!(deliveries(&mail).is_empty(), "delivered with an untrusted aliases file:\n{log}");
+    assert_eq!(dev.names("deferred"), vec![id.clone()], "{log}");
+    assert!(log_has(&log, &[&id, "aliases file not usable", "deferred until the file can be read"]), "{log}");
+    let (spool, conf) = (dev.spool.display().to_string(), dev.config.display().to_string());
+    let r = dev.run(dev.outq(&["check", "--spool", &spool, "--config", &conf]));
+    assert!(
+        r.stdout.contains("aliases file not usable") && r.stdout.contains("the runner defers mail"),
+        "{}",
+        r.stdout
+    );
+
+    std::fs::set_permissions(&aliases, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = dev.run_once_ok();
+    assert_eq!(delivered_to(&mail), BTreeSet::from(["admin@example.net".to_owned()]), "{log}");
+    dev.assert_empty_but(&[]);
+}
+
+// ---------------------------------------------------------------------------
+// A null client's callers: cron through outq-sendmail to an SMTP server
+
+/// What the test's SMTP server received in one transaction.
+#[derive(Debug, Clone, Default)]
+struct Received {
+    mail_from: String,
+    rcpt_to: Vec<String>,
+    data: Vec<u8>,
+}
+
+/// A minimal SMTP server on a loopback port: accepts every transaction
+/// and records it (no extensions, so the client sends one command at a
+/// time).
+struct SmtpSink {
+    port: u16,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl SmtpSink {
+    fn start() -> SmtpSink {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let log = got.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let _ = SmtpSink::serve(conn, &log);
+                });
+            }
+        });
+        SmtpSink { port, got }
+    }
+
+    fn serve(conn: std::net::TcpStream, log: &Mutex<Vec<Received>>) -> std::io::Result<()> {
+        conn.set_read_timeout(Some(TIMEOUT))?;
+        let mut out = conn.try_clone()?;
+        let mut r = BufReader::new(conn);
+        out.write_all(b"220 sink.test ESMTP\r\n")?;
+        let mut cur = Received::default();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if r.read_until(b'\n', &mut line)? == 0 {
+                return Ok(());
+            }
+            let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+            let upper = text.to_ascii_uppercase();
+            if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                out.write_all(b"250 sink.test\r\n")?;
+            } else if let Some(a) = upper.strip_prefix("MAIL FROM:") {
+                cur = Received { mail_from: text[10..10 + a.len()].to_owned(), ..Received::default() };
+                out.write_all(b"250 ok\r\n")?;
+            } else if upper.starts_with("RCPT TO:") {
+                cur.rcpt_to.push(text[8..].to_owned());
+                out.write_all(b"250 ok\r\n")?;
+            } else if upper == "DATA" {
+                out.write_all(b"354 go on\r\n")?;
+                loop {
+                    line.clear();
+                    if r.read_until(b'\n', &mut line)? == 0 {
+                        return Ok(());
+                    }
+                    if line == b".\r\n" {
+                        break;
+                    }
+                    let l = if line.starts_with(b"..") { &line[1..] } else { &line[..] };
+                    cur.data.extend_from_slice(l);
+                }
+                log.lock().unwrap().push(std::mem::take(&mut cur));
+                out.write_all(b"250 queued\r\n")?;
+            } else if upper == "QUIT" {
+                out.write_all(b"221 bye\r\n")?;
+                return Ok(());
+            } else {
+                out.write_all(b"250 ok\r\n")?;
+            }
+        }
+    }
+
+    fn relay(&self) -> String {
+        format!("relay = smtp://127.0.0.1:{}\nstarttls = off\n", self.port)
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+/// The value of header `name` in `msg` (unfolded), if any.
+fn header_value(msg: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(msg);
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let mut found: Option<String> = None;
+    for line in head.split("\r\n") {
+        if let Some(f) = found.as_mut() {
+            if line.starts_with([' ', '\t']) {
+                f.push_str(line);
+                continue;
+            }
+            break;
+        }
+        if let Some((n, v)) = line.split_once(':') {
+            if n.eq_ignore_ascii_case(name) {
+                found = Some(v.trim_start().to_owned());
+            }
+        }
+    }
+    found
+}
+
+/// What cron (Debian's 3.0pl1) writes to its mailer for a job whose output
+/// is `output`, with `MAILTO` = `mailto`.
+fn cron_message(mailto: &str, output: &[u8]) -> Vec<u8> {
+    let mut m = format!(
+        "From: root (Cron Daemon)\nTo: {mailto}\nSubject: Cron <root@vm> /usr/local/bin/job\n\
+         MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n\
+         X-Cron-Env: <SHELL=/bin/sh>\nX-Cron-Env: <HOME=/root>\nX-Cron-Env: <LOGNAME=root>\n\n"
+    )
+    .into_bytes();
+    m.extend_from_slice(output);
+    m
+}
+
+#[test]
+fn cron_mail_with_two_addresses_and_a_nul_byte_reaches_the_smtp_server() {
+    if !privileged("cron_mail_with_two_addresses_and_a_nul_byte_reaches_the_smtp_server") {
+        return;
+    }
+    let _lock = privileged_lock();
+    let dev = Dev::new();
+    let sink = SmtpSink::start();
+    let aliases = write_aliases(&dev, "root: admin@example.net\n");
+    let conf = format!(
+        "spool_directory = {}\nspool_min_free = 0\nmyhostname = test.example\nenqueue_program = {}\n\
+         alias_file = {}\n{}",
+        dev.spool.display(),
+        dev.bin.join("outq-enqueue").display(),
+        aliases.display(),
+        sink.relay()
+    );
+    // cron runs /usr/sbin/sendmail with no -C: the system configuration.
+    let system = SystemConfig::take();
+    system.write(&conf);
+    std::fs::write(&dev.config, &conf).unwrap();
+
+    // Debian cron: "%s -FCronDaemon -i -B8BITMIME -oem  %s" with MAILTO
+    // "ops@example.org,root", split on white space, as the job's user.
+    let output = b"line one\n\0binary\x00data\nlast line\n";
+    let mut c = dev.cmd("outq-sendmail");
+    c.args(["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "ops@example.org,root"]);
+    let r = run_timeout(c, &cron_message("ops@example.org,root", output), TIMEOUT);
+    r.assert_code(0);
+    // MAILTO="ops@example.org, root" arrives as two words.
+    let mut c = dev.cmd("outq-sendmail");
+    c.args(["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "ops@example.org,", "root"]);
+    run_timeout(c, &cron_message("ops@example.org, root", b"second\n"), TIMEOUT).assert_code(0);
+
+    let log = dev.run_once_ok();
+    let got = sink.received();
+    assert_eq!(got.len(), 2, "{log}");
+    let login = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(dev.uid)).unwrap().unwrap().name;
+    for g in &got {
+        assert_eq!(g.mail_from, format!("<{login}@test.example>"), "{log}");
+        assert_eq!(g.rcpt_to, ["<ops@example.org>", "<admin@example.net>"], "{log}");
+        assert_eq!(header_value(&g.data, "From").as_deref(), Some("root@test.example (Cron Daemon)"));
+        let to = header_value(&g.data, "To").unwrap();
+        assert!(to == "ops@example.org,root@test.example" || to == "ops@example.org, root@test.example", "{to}");
+        assert!(header_value(&g.data, "Date").is_some() && header_value(&g.data, "Message-ID").is_some());
+        assert_eq!(
+            header_value(&g.data, "Subject").as_deref(),
+            Some("Cron <root@vm> /usr/local/bin/job"),
+            "other fields are kept as they are"
+        );
+        assert_eq!(header_value(&g.data, "X-Cron-Env").as_deref(), Some("<SHELL=/bin/sh>"));
+    }
+    // The two messages may arrive in either order (parallel connections).
+    let first = &got.iter().find(|g| g.data.windows(8).any(|w| w == b"line one")).expect("the first message").data;
+    let body_at = first.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(&first[body_at..], b"line one\r\n^@binary^@data\r\nlast line\r\n", "NUL bytes become ^@");
+    assert!(!first.contains(&0u8));
+    dev.assert_empty_but(&[]);
+}
+
+#[test]
+fn runner_only_mistakes_never_stop_a_submission_and_outq_check_names_them() {
+    let dev = Dev::new();
+    let mail = dev.work.join("mail");
+    let conf = format!(
+        "spool_directory = {}\nmyhostname = test.example\nenqueue_program = {}\nrelay = maildir:{}\n\
+         starttls = sometimes\nrelai = smtp://x.example\nconnect_timeout 30s\nspool_min_free = 0\n",
+        dev.spool.display(),
+        dev.bin.join("outq-enqueue").display(),
+        mail.display()
+    );
+    std::fs::write(&dev.config, &conf).unwrap();
+    let conf_arg = dev.config.display().to_string();
+    let spool_arg = dev.spool.display().to_string();
+
+    // outq-sendmail and the helper accept the message.
+    let mut c = dev.cmd("outq-sendmail");
+    c.args(["-C", &conf_arg, "-t", "-i"]);
+    let r = run_timeout(c, b"From: cron\nTo: someone@example.net\nSubject: s\n\nx\n", TIMEOUT);
+    r.assert_code(0);
+    assert_eq!(dev.names("new").len(), 1);
+
+    // The runner refuses to start and says why; outq check names all three.
+    let r = dev.run_once();
+    r.assert_code(75);
+    assert!(r.stderr.contains("line 7") || r.stderr.contains("starttls"), "{}", r.stderr);
+    let r = dev.run(dev.outq(&["check", "--spool", &spool_arg, "--config", &conf_arg]));
+    for needle in ["line 5: starttls", "line 6: unknown key relai", "line 7: expected 'key = value'"] {
+        assert!(r.stdout.contains(needle), "{needle:?} not reported:\n{}", r.stdout);
+    }
+
+    // A mistake in a key outq-sendmail reads does stop it (exit 75).
+    std::fs::write(&dev.config, format!("{conf}masquerade_domain = not a domain\n")).unwrap();
+    let mut c = dev.cmd("outq-sendmail");
+    c.args(["-C", &conf_arg, "a@example.net"]);
+    run_timeout(c, b"Subject: s\n\nx\n", TIMEOUT).assert_code(75).assert_stderr_contains("masquerade_domain");
+}
+
+#[test]
+fn outq_check_warns_about_a_mail_name_that_is_not_qualified() {
+    let dev = Dev::new();
+    let conf_arg = dev.config.display().to_string();
+    let spool_arg = dev.spool.display().to_string();
+    let check = || dev.run(dev.outq(&["check", "--spool", &spool_arg, "--config", &conf_arg])).stdout;
+    let warning = "outq check: warning: myhostname vm (from myhostname) is not a fully qualified domain name";
+    assert!(!check().contains("warning: myhostname"), "{}", check());
+    std::fs::write(&dev.config, "spool_min_free = 0\nmyhostname = vm\n").unwrap();
+    let out = check();
+    assert!(out.contains(warning), "{out}");
+}
+
+#[test]
+fn masquerading_on_and_off() {
+    let dev = Dev::new();
+    let conf_arg = dev.config.display().to_string();
+    let base = format!(
+        "spool_min_free = 0\nmyhostname = host.test.example\nenqueue_program = {}\nrelay = maildir:{}\n\
+         spool_directory = {}\n",
+        dev.bin.join("outq-enqueue").display(),
+        dev.work.join("mail").display(),
+        dev.spool.display()
+    );
+    let submit = |extra: &str, args: &[&str], msg: &[u8]| -> (String, Vec<u8>) {
+        std::fs::write(&dev.config, format!("{base}{extra}")).unwrap();
+        let before: BTreeSet<String> = dev.names("new").into_iter().collect();
+        let mut c = dev.cmd("outq-sendmail");
+        c.args(["-C", &conf_arg]).args(args);
+        run_timeout(c, msg, TIMEOUT).assert_code(0);
+        let id = dev.names("new").into_iter().find(|n| !before.contains(n)).unwrap();
+        let data = std::fs::read(dev.path("new", &id)).unwrap();
+        let limits = outq_spool::entry::Limits { max_recipients: 1000, max_size: 100_000_000 };
+        let (h, body) = outq_spool::entry::parse_bytes(&data, &limits).unwrap();
+        (h.sender.as_str().to_owned(), body.to_vec())
+    };
+    let login = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(dev.uid)).unwrap().unwrap().name;
+    let msg = b"From: Root <root@host.test.example>, root\nTo: root, a@example.net\nSubject: s\n\nx\n";
+
+    // Off: qualified with myorigin (default myhostname), nothing else.
+    let (sender, body) = submit("", &["a@example.net"], msg);
+    assert_eq!(sender, format!("{login}@host.test.example"));
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.starts_with("From: Root <root@host.test.example>, root@host.test.example\n"), "{text}");
+    assert!(text.contains("\nTo: root@host.test.example, a@example.net\n"), "{text}");
+
+    // On, for every user: sender and From: masqueraded, To: only qualified.
+    let (sender, body) = submit("masquerade_domain = test.example\n", &["a@example.net"], msg);
+    assert_eq!(sender, format!("{login}@test.example"));
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.starts_with("From: Root <root@test.example>, root@test.example\n"), "{text}");
+    assert!(text.contains("\nTo: root@host.test.example, a@example.net\n"), "{text}");
+
+    // On, for root only; myorigin qualifies the rest; -f other@ is kept.
+    let extra = "masquerade_domain = test.example\nmasquerade_users = root\nmyorigin = origin.example\n";
+    let (sender, body) = submit(extra, &["-f", "web", "a@example.net"], msg);
+    assert_eq!(sender, "web@origin.example");
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.starts_with("From: Root <root@test.example>, root@test.example\n"), "{text}");
+    assert!(text.contains("\nTo: root@origin.example, a@example.net\n"), "{text}");
+    let (sender, _) = submit(extra, &["-f", "root@elsewhere.example", "a@example.net"], msg);
+    assert_eq!(sender, "root@elsewhere.example");
+
+    // An added From: follows the envelope sender.
+    let (_, body) =
+        submit("masquerade_domain = test.example\n", &["-F", "Web App", "a@example.net"], b"Subject: s\n\nx\n");
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains(&format!("From: Web App <{login}@test.example>")), "{text}");
 }

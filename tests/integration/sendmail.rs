@@ -316,9 +316,9 @@ fn a_body_without_headers_gets_an_empty_line_before_it() {
 fn unknown_options_are_usage_errors() {
     let s = SendmailSpool::new();
     for (args, named) in [
-        (&["-x", "a@example.org"][..], "unknown option -x"),
-        (&["-bs"], "-bs is not supported"),
-        (&["-q"], "unknown option -q"),
+        (&["-y", "a@example.org"][..], "unknown option -y"),
+        (&["-bt"], "-bt is not supported"),
+        (&["-qX"], "-qX is not implemented"),
         (&["--verbose", "a@example.org"], "unknown option --verbose"),
         (&["-\x1b[31m", "a@example.org"], "unknown option -\\x1b"),
         (&["-i"], "no recipient given"),
@@ -370,9 +370,17 @@ fn accepted_and_ignored_options() {
 fn the_helpers_exit_code_and_message_come_through() {
     let s = SendmailSpool::new();
     let mut c = s.cmd();
-    c.arg("not an address");
+    c.arg("a..b@example.org");
     let r = run_with_input(c, b"Subject: x\n\nb\n");
     r.assert_code(65).assert_stderr_contains("outq-enqueue: recipient");
+    assert!(s.entries().is_empty());
+
+    // A command-line word holding a name but no address is outq-sendmail's
+    // own refusal.
+    let mut c = s.cmd();
+    c.arg("not an address");
+    let r = run_with_input(c, b"Subject: x\n\nb\n");
+    r.assert_code(65).assert_stderr_contains("outq-sendmail: recipient not an address");
     assert!(s.entries().is_empty());
 
     let s = SendmailSpool::new();
@@ -497,7 +505,7 @@ fn a_terminated_sendmail_commits_nothing() {
 }
 
 #[test]
-fn bp_lists_the_queue_like_outq_list() {
+fn bp_lists_the_queue_in_mailq_format() {
     use std::os::unix::fs::symlink;
     let s = SendmailSpool::new();
     let mut c = s.cmd();
@@ -522,6 +530,9 @@ fn bp_lists_the_queue_like_outq_list() {
     for r in [&bp, &list] {
         assert!(r.stdout.contains(&id) && r.stdout.contains("<listed@example.org>"), "{r:?}");
     }
+    // sendmail's mailq format: a recipient column and a total.
+    assert!(bp.stdout.lines().any(|l| l.trim_start() == "<a@example.org>"), "{bp:?}");
+    assert!(bp.stdout.ends_with("Total requests: 1\n"), "{bp:?}");
     // Invoked as mailq.
     let dir = tempfile::tempdir().unwrap();
     let mailq = dir.path().join("mailq");
@@ -660,4 +671,229 @@ fn git_send_email_sends_a_patch_through_outq_sendmail() {
     assert!(text.contains("The body of the commit message.\n"), "{text}");
     // The patch's own lone-dot line survives (git passes -i).
     assert!(text.contains("\n+.\n+two\n"), "{text}");
+}
+
+// ---------------------------------------------------------------------------
+// newaliases, -bi, -I; /etc/mailname; header qualification
+
+/// `outq-sendmail` run under the name `argv0` with `-C` and `args`.
+fn named(s: &SendmailSpool, argv0: &str, args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(bin("outq-sendmail"));
+    c.arg0(argv0).arg("-C").arg(&s.config).args(args);
+    c
+}
+
+#[test]
+fn newaliases_and_bi_check_the_aliases_file() {
+    let probe = SendmailSpool::new();
+    let aliases = probe.spool.dir.path().join("aliases");
+    let s = SendmailSpool::with(&bin("outq-enqueue"), &format!("alias_file = {}\n", aliases.display()));
+    // No file: nothing to check, success.
+    for (argv0, args) in [("newaliases", &[][..]), ("sendmail", &["-bi"][..]), ("sendmail", &["-I"][..])] {
+        let r = run_with_input(named(&s, argv0, args), b"");
+        r.assert_code(0);
+        assert_eq!(r.stderr, "", "{argv0} {args:?}");
+    }
+    // A good file: silent success.
+    std::fs::write(&aliases, "root: admin@example.org\npostmaster: root\n").unwrap();
+    std::fs::set_permissions(&aliases, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = run_with_input(named(&s, "/usr/bin/newaliases", &[]), b"");
+    r.assert_code(0);
+    assert_eq!(r.stderr, "");
+    // Broken lines are reported, and the exit status stays 0 (maintainer
+    // scripts call newaliases).
+    std::fs::write(&aliases, "root: admin@example.org\nno colon\nwww: \"|/bin/cat\"\nx: <bad@\n").unwrap();
+    let r = run_with_input(named(&s, "newaliases", &[]), b"");
+    r.assert_code(0);
+    let shown = aliases.display().to_string();
+    assert!(
+        r.stderr.contains(&format!("outq-sendmail: warning: {shown}: line 2: expected 'name: address, ...'")),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("line 4: target <bad@"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 2, "{}", r.stderr);
+    // A file others may write cannot be used: exit 75, naming the fix.
+    std::fs::set_permissions(&aliases, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let r = run_with_input(named(&s, "sendmail", &["-bi"]), b"");
+    r.assert_code(75).assert_stderr_contains("aliases file not usable");
+    assert!(s.entries().is_empty());
+}
+
+#[test]
+fn unqualified_header_addresses_get_myorigin_and_keep_their_names() {
+    let s = SendmailSpool::with(&bin("outq-enqueue"), "myorigin = example.org\n");
+    let mut c = s.cmd();
+    c.args(["-t", "-i"]);
+    let msg = b"From: root (Cron Daemon)\r\nTo: \"Doe, John\" <john>, ops,\r\n\tteam: a, B <b>;\r\n\
+Cc: x@elsewhere.example\r\nReply-To: \"web master\"\r\nSender: www-data\r\nResent-From: admin\r\n\
+Resent-To: root@example.org\r\nSubject: root\r\n\r\nbody root\r\n";
+    run_with_input(c, msg).assert_code(0);
+    let (sender, rcpts, got) = s.only_entry();
+    assert_eq!(sender, format!("{}@example.org", my_login()));
+    // Resent- fields present: -t takes Resent-To only.
+    assert_eq!(rcpts, ["root@example.org"]);
+    assert_eq!(header(&got, "From"), "root@example.org (Cron Daemon)");
+    assert_eq!(
+        header(&got, "To"),
+        "\"Doe, John\" <john@example.org>, ops@example.org,\tteam: a@example.org, B <b@example.org>;"
+    );
+    assert_eq!(header(&got, "Cc"), "x@elsewhere.example");
+    assert_eq!(header(&got, "Reply-To"), "\"web master\"@example.org");
+    assert_eq!(header(&got, "Sender"), "www-data@example.org");
+    assert_eq!(header(&got, "Resent-From"), "admin@example.org");
+    assert_eq!(header(&got, "Subject"), "root", "other fields are not touched");
+    assert_eq!(body(&got), b"body root\r\n");
+
+    // Command-line forms: a list, a trailing comma, a name address.
+    let s = SendmailSpool::new();
+    let mut c = s.cmd();
+    c.args(["-i", "a@example.org,root", "b@example.org,", "Jane Doe <jane@example.org>"]);
+    run_with_input(c, b"Subject: s\n\nx\n").assert_code(0);
+    let (_, rcpts, _) = s.only_entry();
+    assert_eq!(rcpts, ["a@example.org", &format!("root@{SENDMAIL_HOST}"), "b@example.org", "jane@example.org"]);
+}
+
+/// /etc/mailname taken over for one test, put back (or removed) on drop.
+struct MailName {
+    saved: Option<Vec<u8>>,
+}
+
+impl MailName {
+    fn set(text: &str) -> MailName {
+        let path = Path::new(outq_spool::config::MAILNAME_PATH);
+        let saved = std::fs::read(path).ok();
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        MailName { saved }
+    }
+}
+
+impl Drop for MailName {
+    fn drop(&mut self) {
+        let path = Path::new(outq_spool::config::MAILNAME_PATH);
+        match &self.saved {
+            Some(v) => {
+                let _ = std::fs::write(path, v);
+            }
+            None => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+#[test]
+fn etc_mailname_names_the_host_when_myhostname_is_not_set() {
+    if !crate::support::privileged("etc_mailname_names_the_host_when_myhostname_is_not_set") {
+        return;
+    }
+    let _lock = crate::support::privileged_lock();
+    let _name = MailName::set("mail.example.test\n");
+    let s = SendmailSpool::new();
+    let conf = format!(
+        "spool_directory = {}\nspool_min_free = 0\nenqueue_program = {}\n",
+        s.spool.root().display(),
+        bin("outq-enqueue").display()
+    );
+    s.spool.write_config(&conf);
+    let mut c = s.cmd();
+    c.arg("root");
+    run_with_input(c, b"From: root\nSubject: s\n\nx\n").assert_code(0);
+    let (sender, rcpts, got) = s.only_entry();
+    assert_eq!(sender, format!("{}@mail.example.test", my_login()));
+    assert_eq!(rcpts, ["root@mail.example.test"]);
+    assert_eq!(header(&got, "From"), "root@mail.example.test");
+    assert!(header(&got, "Message-ID").ends_with("@mail.example.test>"));
+    // The helper, called directly, qualifies with the same name.
+    let mut c = s.spool.helper();
+    c.arg("postmaster");
+    run_with_input(c, b"Subject: direct\n\nx\n").queue_id();
+    let direct = s
+        .entries()
+        .into_iter()
+        .find(|(h, _)| h.recipients.len() == 1 && h.recipients[0].as_str().starts_with("postmaster"))
+        .unwrap();
+    assert_eq!(direct.0.recipients[0].as_str(), "postmaster@mail.example.test");
+    assert_eq!(direct.0.sender.as_str(), format!("{}@mail.example.test", my_login()));
+
+    // A mail name that is not a domain is ignored (the host name is used).
+    drop(_name);
+    let _name = MailName::set("not a domain\n");
+    let s2 = SendmailSpool::new();
+    s2.spool.write_config(&conf.replace(&s.spool.root().display().to_string(), &s2.spool.root().display().to_string()));
+    let mut c = s2.cmd();
+    c.arg("root");
+    run_with_input(c, b"Subject: s\n\nx\n").assert_code(0);
+    let (_, rcpts, _) = s2.only_entry();
+    assert!(!rcpts[0].contains("not"), "{rcpts:?}");
+}
+
+/// The datagrams a syslog socket received until one holds every needle.
+fn wait_for_log(sock: &std::os::unix::net::UnixDatagram, needles: &[&str]) -> String {
+    let mut seen = String::new();
+    let mut buf = vec![0u8; 8192];
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        let Ok(n) = sock.recv(&mut buf) else { continue };
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if needles.iter().all(|w| line.contains(w)) {
+            return line;
+        }
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    panic!("no log line with {needles:?}; got:\n{seen}");
+}
+
+#[test]
+fn refusals_and_replaced_nul_bytes_are_logged_to_syslog_with_facility_mail() {
+    use std::os::unix::net::UnixDatagram;
+    if !crate::support::privileged("refusals_and_replaced_nul_bytes_are_logged_to_syslog_with_facility_mail") {
+        return;
+    }
+    let _lock = crate::support::privileged_lock();
+    // Our own syslog socket at /dev/log; a system one is moved aside
+    // (same directory, so a rename) for the few seconds of the test and
+    // put back on drop, even when the test fails.
+    const DEV_LOG: &str = "/dev/log";
+    const SAVED: &str = "/dev/log.outq-test-saved";
+    struct Restore {
+        moved: bool,
+    }
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(DEV_LOG);
+            if self.moved {
+                let _ = std::fs::rename(SAVED, DEV_LOG);
+            }
+        }
+    }
+    let moved = std::fs::symlink_metadata(DEV_LOG).is_ok();
+    if moved {
+        std::fs::rename(DEV_LOG, SAVED).unwrap();
+    }
+    let _restore = Restore { moved };
+    let sock = UnixDatagram::bind(DEV_LOG).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let s = SendmailSpool::new();
+    let sendmail = |args: &[&str]| -> Command {
+        let mut c = Command::new(bin("outq-sendmail"));
+        c.arg("-C").arg(&s.config).args(args);
+        c
+    };
+
+    let r = run_with_input(sendmail(&["-y", "a@example.org"]), b"Subject: s\n\nx\n");
+    r.assert_code(64).assert_stderr_contains("unknown option -y");
+    // LOG_MAIL | LOG_WARNING = 16 + 4.
+    let line = wait_for_log(&sock, &["outq-sendmail", "unknown option -y"]);
+    assert!(line.starts_with("<20>"), "not facility mail, level warning: {line:?}");
+    assert!(line.contains("refused (uid 0, exit 64)"), "{line}");
+
+    run_with_input(sendmail(&["a@example.org"]), b"Subject: s\n\nbinary \0 here\0\n").assert_code(0);
+    let line = wait_for_log(&sock, &["outq-sendmail", "2 NUL byte(s) in the message replaced by ^@"]);
+    assert!(line.starts_with("<22>"), "not facility mail, level info: {line:?}");
+    let (_, _, got) = s.only_entry();
+    assert_eq!(body(&got), b"binary ^@ here^@\n");
 }

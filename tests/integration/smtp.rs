@@ -1,351 +1,33 @@
 /*!
-SMTP delivery (`outq::deliver::smtp::Smtp`) against an in-process server.
-
-The server listens on 127.0.0.1, answers each command by a per-test script
-(falling back to an ordinary, permissive server), and records every command
-line and the exact DATA bytes it received, per connection. The transport is
+SMTP delivery (`outq::deliver::smtp::Smtp`) against an in-process server
+(`smtp_server`: scripted per test, an ordinary server otherwise; it records
+every command line, the exact DATA bytes and the pipelined groups it
+received, per connection). The transport is
 driven through the `Transport` trait with messages stored in real entry
 files, as the runner will. Timeouts are short so that the stalls under test
 cost well under a second each.
 */
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use outq::config::{Relay, RunnerConfig, StartTls};
 use outq::deliver::smtp::Smtp;
 use outq::deliver::{Outcome, Outgoing, Status, Transport, wire};
 use outq_spool::address::{Mailbox, Sender};
 use outq_spool::entry::{self, Header};
 use outq_spool::queue_id::QueueId;
-use rustls::pki_types::PrivateKeyDer;
-use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use rustls::ServerConfig;
+
+use crate::smtp_server::{self, Act, Opts, Server, rcpt_by_local_part};
 
 const MYHOSTNAME: &str = "client.example";
 const RECEIVED: &str = "Received: from userid 1000 (tester) by client.example (outq) id 0692A1B2C3D4E5F60718293A4B; \
                         Fri, 28 Nov 2025 16:00:00 +0000";
-
-// ---------------------------------------------------------------- server
-
-/// What the server does about one command.
-enum Act {
-    /// Send these reply lines (CRLF-separated, the last CRLF is added).
-    Reply(String),
-    /// Drop the connection without a word.
-    Close,
-    /// Never answer; wait for the client to give up.
-    Hang,
-    /// What an ordinary server would do.
-    Default,
-}
-
-/// Consulted for every command line (without CRLF), for the greeting as
-/// `GREETING` and for the end of the data as `.`.
-type Script = Arc<dyn Fn(&str) -> Act + Send + Sync>;
-
-#[derive(Clone)]
-struct Opts {
-    greeting: String,
-    /// EHLO keywords after the host name line (STARTTLS is hidden once TLS
-    /// is up).
-    extensions: Vec<String>,
-    tls: Option<Arc<ServerConfig>>,
-    implicit_tls: bool,
-    /// Credentials required before MAIL (530 until they are given).
-    auth: Option<(String, String)>,
-    /// Drop the connection after this many bytes of message data.
-    close_in_data_after: Option<usize>,
-    script: Script,
-}
-
-impl Default for Opts {
-    fn default() -> Opts {
-        Opts {
-            greeting: "220 test.example ESMTP".into(),
-            extensions: vec!["PIPELINING".into(), "ENHANCEDSTATUSCODES".into()],
-            tls: None,
-            implicit_tls: false,
-            auth: None,
-            close_in_data_after: None,
-            script: Arc::new(|_| Act::Default),
-        }
-    }
-}
-
-/// What one connection carried.
-#[derive(Debug, Clone, Default)]
-struct Conversation {
-    commands: Vec<String>,
-    /// Each message's bytes as received after DATA, `.` CRLF included.
-    data: Vec<Vec<u8>>,
-    tls: bool,
-    authenticated: bool,
-}
-
-impl Conversation {
-    fn count(&self, prefix: &str) -> usize {
-        self.commands.iter().filter(|c| c.starts_with(prefix)).count()
-    }
-
-    /// The commands reduced to their verbs, for comparing sequences.
-    fn verbs(&self) -> Vec<&str> {
-        self.commands.iter().map(|c| c.split([' ', ':']).next().unwrap_or("")).collect()
-    }
-}
-
-struct Server {
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<Conversation>>>,
-}
-
-impl Server {
-    fn start(opts: Opts) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let shared = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for tcp in listener.incoming() {
-                let Ok(tcp) = tcp else { return };
-                let idx = {
-                    let mut l = shared.lock().unwrap();
-                    l.push(Conversation::default());
-                    l.len() - 1
-                };
-                let (opts, log) = (opts.clone(), Arc::clone(&shared));
-                std::thread::spawn(move || {
-                    let _ = serve(tcp, &opts, &log, idx);
-                });
-            }
-        });
-        Server { addr, log }
-    }
-
-    fn relay(&self) -> Relay {
-        Relay::Smtp { host: "127.0.0.1".into(), port: self.addr.port(), implicit_tls: false }
-    }
-
-    fn name(&self) -> String {
-        format!("127.0.0.1[127.0.0.1]:{}", self.addr.port())
-    }
-
-    fn conversations(&self) -> Vec<Conversation> {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// The only conversation. The server records each command before it
-    /// answers, so everything the client saw answered is there.
-    fn only(&self) -> Conversation {
-        let c = self.conversations();
-        assert_eq!(c.len(), 1, "expected one connection: {c:#?}");
-        c.into_iter().next().unwrap()
-    }
-}
-
-enum Io {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
-    Gone,
-}
-
-impl Read for Io {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Io::Plain(s) => s.read(buf),
-            Io::Tls(s) => s.read(buf),
-            Io::Gone => Ok(0),
-        }
-    }
-}
-
-impl Write for Io {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Io::Plain(s) => s.write(buf),
-            Io::Tls(s) => s.write(buf),
-            Io::Gone => Err(io::ErrorKind::BrokenPipe.into()),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Io::Plain(s) => s.flush(),
-            Io::Tls(s) => s.flush(),
-            Io::Gone => Ok(()),
-        }
-    }
-}
-
-struct Peer<'a> {
-    io: Io,
-    buf: Vec<u8>,
-    log: &'a Mutex<Vec<Conversation>>,
-    idx: usize,
-}
-
-impl Peer<'_> {
-    fn record(&self, f: impl FnOnce(&mut Conversation)) {
-        f(&mut self.log.lock().unwrap()[self.idx]);
-    }
-
-    /// One line with its line end, or None at the end of the stream.
-    fn line(&mut self) -> Option<Vec<u8>> {
-        loop {
-            if let Some(lf) = self.buf.iter().position(|&b| b == b'\n') {
-                return Some(self.buf.drain(..=lf).collect());
-            }
-            let mut chunk = [0u8; 8192];
-            match self.io.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    fn send(&mut self, reply: &str) -> io::Result<()> {
-        self.io.write_all(format!("{reply}\r\n").as_bytes())?;
-        self.io.flush()
-    }
-
-    fn upgrade(&mut self, config: &Arc<ServerConfig>) {
-        assert!(self.buf.is_empty(), "client pipelined past STARTTLS");
-        if let Io::Plain(tcp) = std::mem::replace(&mut self.io, Io::Gone) {
-            let conn = ServerConnection::new(Arc::clone(config)).unwrap();
-            self.io = Io::Tls(Box::new(StreamOwned::new(conn, tcp)));
-            self.record(|c| c.tls = true);
-        }
-    }
-
-    fn hang(&mut self) {
-        let _ = io::copy(&mut self.io, &mut io::sink());
-    }
-}
-
-fn serve(tcp: TcpStream, opts: &Opts, log: &Mutex<Vec<Conversation>>, idx: usize) -> io::Result<()> {
-    tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut p = Peer { io: Io::Plain(tcp), buf: Vec::new(), log, idx };
-    if opts.implicit_tls {
-        p.upgrade(opts.tls.as_ref().unwrap());
-    }
-    match (opts.script)("GREETING") {
-        Act::Reply(r) => p.send(&r)?,
-        Act::Default => p.send(&opts.greeting)?,
-        Act::Close => return Ok(()),
-        Act::Hang => {
-            p.hang();
-            return Ok(());
-        }
-    }
-    let mut authenticated = false;
-    while let Some(line) = p.line() {
-        let cmd = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_owned();
-        p.record(|c| c.commands.push(cmd.clone()));
-        let upper = cmd.to_ascii_uppercase();
-        let reply = match (opts.script)(&cmd) {
-            Act::Reply(r) => r,
-            Act::Close => return Ok(()),
-            Act::Hang => {
-                p.hang();
-                return Ok(());
-            }
-            Act::Default => {
-                if upper.starts_with("AUTH LOGIN") {
-                    p.send("334 VXNlcm5hbWU6")?;
-                    let user = p.line().unwrap_or_default();
-                    p.send("334 UGFzc3dvcmQ6")?;
-                    let pass = p.line().unwrap_or_default();
-                    let decode = |l: &[u8]| BASE64.decode(l.trim_ascii_end()).unwrap_or_default();
-                    let given = [b"\0".as_slice(), &decode(&user), b"\0", &decode(&pass)].concat();
-                    authenticated = check_auth(opts, &given);
-                    p.record(|c| c.authenticated = authenticated);
-                    p.send(if authenticated { "235 2.7.0 ok" } else { "535 5.7.8 bad credentials" })?;
-                    continue;
-                }
-                if let Some(b64) = upper.strip_prefix("AUTH PLAIN ").map(|_| &cmd[11..]) {
-                    authenticated = check_auth(opts, &BASE64.decode(b64).unwrap_or_default());
-                    p.record(|c| c.authenticated = authenticated);
-                    p.send(if authenticated { "235 2.7.0 ok" } else { "535 5.7.8 bad credentials" })?;
-                    continue;
-                }
-                default_reply(opts, &upper, matches!(p.io, Io::Tls(_)), authenticated)
-            }
-        };
-        p.send(&reply)?;
-        if upper == "STARTTLS" && reply.starts_with("220") {
-            p.upgrade(opts.tls.as_ref().unwrap());
-        } else if upper == "QUIT" {
-            return Ok(());
-        } else if upper == "DATA" && reply.starts_with("354") {
-            let mut data = Vec::new();
-            loop {
-                let Some(l) = p.line() else { return Ok(()) };
-                data.extend_from_slice(&l);
-                if opts.close_in_data_after.is_some_and(|n| data.len() >= n) {
-                    return Ok(());
-                }
-                if l == b".\r\n" {
-                    break;
-                }
-            }
-            p.record(|c| c.data.push(data));
-            match (opts.script)(".") {
-                Act::Reply(r) => p.send(&r)?,
-                Act::Default => p.send("250 2.0.0 Ok: queued as TEST")?,
-                Act::Close => return Ok(()),
-                Act::Hang => {
-                    p.hang();
-                    return Ok(());
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn check_auth(opts: &Opts, plain: &[u8]) -> bool {
-    let (user, pass) = opts.auth.as_ref().unwrap();
-    plain == [b"\0".as_slice(), user.as_bytes(), b"\0", pass.as_bytes()].concat()
-}
-
-fn default_reply(opts: &Opts, upper: &str, tls: bool, authenticated: bool) -> String {
-    let verb = upper.split([' ', ':']).next().unwrap_or("");
-    match verb {
-        "EHLO" => {
-            let mut lines = vec!["250-test.example".to_owned()];
-            lines.extend(opts.extensions.iter().filter(|e| !(tls && *e == "STARTTLS")).map(|e| format!("250-{e}")));
-            let last = lines.pop().unwrap();
-            lines.push(last.replacen("250-", "250 ", 1));
-            lines.join("\r\n")
-        }
-        "HELO" => "250 test.example".into(),
-        "STARTTLS" if opts.tls.is_some() && !tls => "220 2.0.0 Ready to start TLS".into(),
-        "STARTTLS" => "454 4.7.0 TLS not available".into(),
-        "MAIL" if opts.auth.is_some() && !authenticated => "530 5.7.0 Authentication required".into(),
-        "MAIL" => "250 2.1.0 Ok".into(),
-        "RCPT" => "250 2.1.5 Ok".into(),
-        "DATA" => "354 End data with <CR><LF>.<CR><LF>".into(),
-        "RSET" | "NOOP" => "250 2.0.0 Ok".into(),
-        "QUIT" => "221 2.0.0 Bye".into(),
-        _ => "502 5.5.2 Error: command not recognized".into(),
-    }
-}
-
-/// A script answering `RCPT TO:<rNNN@...>` with code NNN.
-fn rcpt_by_local_part(line: &str) -> Act {
-    match line.strip_prefix("RCPT TO:<r").and_then(|r| r.get(..3)).and_then(|c| c.parse::<u16>().ok()) {
-        Some(code) => {
-            let class = code / 100;
-            Act::Reply(format!("{code} {class}.1.0 r{code} answered {code}"))
-        }
-        None => Act::Default,
-    }
-}
 
 // ---------------------------------------------------------------- messages
 
@@ -365,7 +47,7 @@ impl Msg {
             id: QueueId::parse("0692A1B2C3D4E5F60718293A4B").unwrap(),
             arrival: 1_764_345_600,
             uid: 1000,
-            login: "tester".into(),
+            login: Some("tester".into()),
             sender: Sender::parse(b"tester@client.example").unwrap(),
             recipients: recipients.iter().map(|r| Mailbox::parse(r.as_bytes()).unwrap()).collect(),
             size: body.len() as u64,
@@ -450,25 +132,8 @@ struct Pki {
 }
 
 fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca.distinguished_name.push(DnType::CommonName, "outq test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    leaf.distinguished_name.push(DnType::CommonName, "localhost");
-    let cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
-        .unwrap();
-    Pki { ca_pem: ca_cert.pem(), server: Arc::new(server) }
+    let (ca_pem, server) = smtp_server::pki();
+    Pki { ca_pem, server }
 }
 
 fn write_file(dir: &Path, name: &str, content: &str, mode: u32) -> PathBuf {
@@ -503,6 +168,7 @@ fn smtp_delivers_two_recipients_with_the_exact_encoding() {
             "QUIT",
         ]
     );
+    assert_eq!(c.group_verbs(), [["MAIL", "RCPT", "RCPT", "DATA"]], "one pipelined group: {:?}", c.groups);
     assert_eq!(c.data, vec![msg.wire()]);
     // The encoding really did something: stuffed dots, CRLF everywhere.
     let data = &c.data[0];
@@ -645,29 +311,75 @@ fn smtp_permanent_failure_after_data_fails_the_accepted() {
 
 #[test]
 fn smtp_mail_from_refused() {
-    for (code, status) in [(451, Status::Deferred), (553, Status::Failed), (530, Status::Deferred)] {
-        let server = Server::start(Opts {
-            script: Arc::new(move |l| {
-                if l.starts_with("MAIL") { Act::Reply(format!("{code} sender refused")) } else { Act::Default }
-            }),
-            ..Opts::default()
-        });
-        let mut t = smtp(&cfg(vec![server.relay()]));
-        let out = t.deliver(&Msg::new(&["a@example.org", "b@example.org"], BODY).outgoing());
-        assert_all(&out, status, &format!("{code} sender refused"));
-        let c = server.only();
-        assert_eq!(c.count("RCPT"), 0);
-        assert_eq!(c.count("DATA"), 0);
+    for p in [true, false] {
+        for (code, status) in [(451, Status::Deferred), (553, Status::Failed), (530, Status::Deferred)] {
+            let server = Server::start(
+                Opts {
+                    script: Arc::new(move |l| {
+                        if l.starts_with("MAIL") { Act::Reply(format!("{code} sender refused")) } else { Act::Default }
+                    }),
+                    ..Opts::default()
+                }
+                .pipelining(p),
+            );
+            let mut t = smtp(&cfg(vec![server.relay()]));
+            let out = t.deliver(&Msg::new(&["a@example.org", "b@example.org"], BODY).outgoing());
+            assert_all(&out, status, &format!("{code} sender refused"));
+            let c = server.only();
+            if p {
+                // The group went out whole; the server refused the rest
+                // (503), no message was sent, and the transaction was reset.
+                assert_eq!(c.verbs(), ["EHLO", "MAIL", "RCPT", "RCPT", "DATA", "RSET"]);
+            } else {
+                assert_eq!(c.verbs(), ["EHLO", "MAIL"]);
+            }
+            assert!(c.data.is_empty());
+        }
     }
 }
 
 #[test]
 fn smtp_no_accepted_recipient_resets_instead_of_data() {
-    let server = Server::start(Opts { script: Arc::new(rcpt_by_local_part), ..Opts::default() });
+    for p in [true, false] {
+        let server = Server::start(Opts { script: Arc::new(rcpt_by_local_part), ..Opts::default() }.pipelining(p));
+        let mut t = smtp(&cfg(vec![server.relay()]));
+        let out = t.deliver(&Msg::new(&["r550@example.org", "r451@example.org"], BODY).outgoing());
+        assert_eq!(statuses(&out), [Status::Failed, Status::Deferred]);
+        assert_eq!(out[0].reply, "550 5.1.0 r550 answered 550");
+        assert_eq!(out[1].reply, "451 4.1.0 r451 answered 451");
+        let c = server.only();
+        if p {
+            // DATA ended the group and was refused (554): no data, RSET.
+            assert_eq!(c.verbs(), ["EHLO", "MAIL", "RCPT", "RCPT", "DATA", "RSET"]);
+        } else {
+            assert_eq!(c.verbs(), ["EHLO", "MAIL", "RCPT", "RCPT", "RSET"]);
+        }
+        assert!(c.data.is_empty());
+    }
+}
+
+#[test]
+fn smtp_pipelining_no_accepted_recipient_but_data_accepted() {
+    // A server that answers 354 to DATA although it accepted no recipient:
+    // the client ends the DATA at once with a lone dot (RFC 2920 3.1), so
+    // that no message is sent, and resets; the connection stays usable.
+    let server = Server::start(Opts {
+        script: Arc::new(|l| match l {
+            "DATA" => Act::Reply("354 go ahead".into()),
+            _ => rcpt_by_local_part(l),
+        }),
+        ..Opts::default()
+    });
     let mut t = smtp(&cfg(vec![server.relay()]));
-    let out = t.deliver(&Msg::new(&["r550@example.org", "r451@example.org"], BODY).outgoing());
+    let out = t.deliver(&Msg::new(&["r550@example.org", "r452@example.org"], BODY).outgoing());
     assert_eq!(statuses(&out), [Status::Failed, Status::Deferred]);
-    assert_eq!(server.only().verbs(), ["EHLO", "MAIL", "RCPT", "RCPT", "RSET"]);
+    assert_eq!(out[1].reply, "452 4.1.0 r452 answered 452");
+    let msg = Msg::new(&["a@example.org"], BODY);
+    assert_all(&t.deliver(&msg.outgoing()), Status::Sent, "250 2.0.0");
+    let c = server.only();
+    assert_eq!(c.verbs(), ["EHLO", "MAIL", "RCPT", "RCPT", "DATA", "RSET", "RSET", "MAIL", "RCPT", "DATA"]);
+    assert_eq!(c.data, vec![b".\r\n".to_vec(), msg.wire()], "nothing but the dot went out for no recipient");
+    assert_eq!(server.accepted().len(), 1);
 }
 
 #[test]
@@ -686,21 +398,30 @@ fn smtp_disconnect_during_data_defers() {
 
 #[test]
 fn smtp_421_mid_transaction_defers_the_unfinished() {
-    let server = Server::start(Opts {
-        script: Arc::new(|l| match l {
-            "RCPT TO:<c@example.org>" => Act::Reply("421 4.7.0 too many errors, closing".into()),
-            _ => rcpt_by_local_part(l),
-        }),
-        ..Opts::default()
-    });
-    let mut t = smtp(&cfg(vec![server.relay()]));
-    let msg = Msg::new(&["r550@example.org", "b@example.org", "c@example.org", "d@example.org"], BODY);
-    let out = t.deliver(&msg.outgoing());
-    assert_eq!(statuses(&out), [Status::Failed, Status::Deferred, Status::Deferred, Status::Deferred]);
-    for o in &out[1..] {
-        assert_eq!(o.reply, "421 4.7.0 too many errors, closing");
+    for p in [true, false] {
+        let server = Server::start(
+            Opts {
+                script: Arc::new(|l| match l {
+                    "RCPT TO:<c@example.org>" => Act::Reply("421 4.7.0 too many errors, closing".into()),
+                    _ => rcpt_by_local_part(l),
+                }),
+                ..Opts::default()
+            }
+            .pipelining(p),
+        );
+        let mut t = smtp(&cfg(vec![server.relay()]));
+        let msg = Msg::new(&["r550@example.org", "b@example.org", "c@example.org", "d@example.org"], BODY);
+        let out = t.deliver(&msg.outgoing());
+        assert_eq!(statuses(&out), [Status::Failed, Status::Deferred, Status::Deferred, Status::Deferred]);
+        for o in &out[1..] {
+            assert_eq!(o.reply, "421 4.7.0 too many errors, closing");
+        }
+        let c = server.only();
+        assert!(c.data.is_empty());
+        if !p {
+            assert_eq!(c.count("DATA"), 0);
+        }
     }
-    assert_eq!(server.only().count("DATA"), 0);
 }
 
 #[test]
@@ -747,34 +468,45 @@ fn smtp_splits_recipients_into_transactions() {
 
 #[test]
 fn smtp_reuses_the_connection_with_rset() {
-    let server = Server::start(Opts::default());
-    let mut t = smtp(&cfg(vec![server.relay()]));
-    let first = Msg::new(&["a@example.org"], BODY);
-    let second = Msg::new(&["b@example.org"], b"Subject: second\n\nhello\n");
-    assert_all(&t.deliver(&first.outgoing()), Status::Sent, "250");
-    assert_all(&t.deliver(&second.outgoing()), Status::Sent, "250");
-    t.close();
-    let c = server.only();
-    assert_eq!(c.verbs(), ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA", "QUIT"]);
-    assert_eq!(c.data, vec![first.wire(), second.wire()]);
+    for p in [true, false] {
+        let server = Server::start(Opts::default().pipelining(p));
+        let mut t = smtp(&cfg(vec![server.relay()]));
+        let first = Msg::new(&["a@example.org"], BODY);
+        let second = Msg::new(&["b@example.org"], b"Subject: second\n\nhello\n");
+        assert_all(&t.deliver(&first.outgoing()), Status::Sent, "250");
+        assert_all(&t.deliver(&second.outgoing()), Status::Sent, "250");
+        t.close();
+        let c = server.only();
+        assert_eq!(c.verbs(), ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA", "QUIT"]);
+        assert_eq!(c.data, vec![first.wire(), second.wire()]);
+        if p {
+            // The RSET that checks the kept connection goes with the group.
+            assert_eq!(c.group_verbs(), [vec!["MAIL", "RCPT", "DATA"], vec!["RSET", "MAIL", "RCPT", "DATA"]]);
+        } else {
+            assert_eq!(c.group_verbs(), [["MAIL"], ["MAIL"]]);
+        }
+    }
 }
 
 #[test]
 fn smtp_replaces_a_connection_that_died_while_idle() {
     // The server drops the connection instead of answering RSET, as one
     // whose idle timer expired would.
-    let server = Server::start(Opts {
-        script: Arc::new(|l| if l == "RSET" { Act::Close } else { Act::Default }),
-        ..Opts::default()
-    });
-    let mut t = smtp(&cfg(vec![server.relay()]));
-    let msg = Msg::new(&["a@example.org"], BODY);
-    assert_all(&t.deliver(&msg.outgoing()), Status::Sent, "250");
-    assert_all(&t.deliver(&msg.outgoing()), Status::Sent, "250");
-    let convs = server.conversations();
-    assert_eq!(convs.len(), 2);
-    assert_eq!(convs[0].verbs(), ["EHLO", "MAIL", "RCPT", "DATA", "RSET"]);
-    assert_eq!(convs[1].verbs(), ["EHLO", "MAIL", "RCPT", "DATA"]);
+    for p in [true, false] {
+        let server = Server::start(
+            Opts { script: Arc::new(|l| if l == "RSET" { Act::Close } else { Act::Default }), ..Opts::default() }
+                .pipelining(p),
+        );
+        let mut t = smtp(&cfg(vec![server.relay()]));
+        let msg = Msg::new(&["a@example.org"], BODY);
+        assert_all(&t.deliver(&msg.outgoing()), Status::Sent, "250");
+        assert_all(&t.deliver(&msg.outgoing()), Status::Sent, "250");
+        let convs = server.conversations();
+        assert_eq!(convs.len(), 2);
+        assert_eq!(convs[0].verbs(), ["EHLO", "MAIL", "RCPT", "DATA", "RSET"]);
+        assert_eq!(convs[1].verbs(), ["EHLO", "MAIL", "RCPT", "DATA"]);
+        assert_eq!(server.accepted().len(), 2, "each message accepted once");
+    }
 }
 
 #[test]
@@ -910,17 +642,33 @@ fn smtp_starttls_off_ignores_the_offer() {
 fn smtp_a_server_out_of_step_is_given_up() {
     // Two replies to one RCPT: every later reply would answer the wrong
     // command, so no verdict from this connection is trusted any more.
-    let server = Server::start(Opts {
-        script: Arc::new(|l| match l {
-            "RCPT TO:<a@example.org>" => Act::Reply("250 2.1.5 Ok\r\n550 5.1.1 not for b".into()),
-            _ => Act::Default,
-        }),
-        ..Opts::default()
-    });
-    let mut t = smtp(&cfg(vec![server.relay()]));
-    let out = t.deliver(&Msg::new(&["a@example.org", "b@example.org"], BODY).outgoing());
-    assert_all(&out, Status::Deferred, "a reply before the command: 550 5.1.1 not for b");
-    assert_eq!(server.only().count("DATA"), 0);
+    for p in [true, false] {
+        let server = Server::start(
+            Opts {
+                script: Arc::new(|l| match l {
+                    "RCPT TO:<a@example.org>" => Act::Reply("250 2.1.5 Ok\r\n550 5.1.1 not for b".into()),
+                    _ => Act::Default,
+                }),
+                ..Opts::default()
+            }
+            .pipelining(p),
+        );
+        let mut t = smtp(&cfg(vec![server.relay()]));
+        let out = t.deliver(&Msg::new(&["a@example.org", "b@example.org"], BODY).outgoing());
+        if p {
+            // The replies were all read before the mismatch could show (the
+            // 250 meant for b came as the reply to DATA): b's "550" is not
+            // believed, everyone is deferred.
+            assert_eq!(statuses(&out), [Status::Deferred, Status::Deferred], "{out:#?}");
+            for o in &out {
+                assert!(o.reply.contains("unexpected reply to DATA") || o.reply.contains("a reply before"), "{o:?}");
+            }
+        } else {
+            assert_all(&out, Status::Deferred, "a reply before the command: 550 5.1.1 not for b");
+            assert_eq!(server.only().count("DATA"), 0);
+        }
+        assert!(server.only().data.is_empty());
+    }
 }
 
 #[test]
@@ -1007,4 +755,114 @@ fn smtp_refuses_a_readable_relay_auth_file() {
     assert!(out[0].reply.contains(&format!("chmod 600 {shown}")));
     assert!(!out[0].reply.contains("s3cret"));
     assert!(server.conversations().is_empty(), "no connection with a refused credentials file");
+}
+
+// ---------------------------------------------------------------- PIPELINING
+
+#[test]
+fn smtp_pipelining_sends_each_transaction_in_one_group() {
+    let server = Server::start(Opts::default());
+    let c = RunnerConfig { max_rcpt_per_transaction: 3, ..cfg(vec![server.relay()]) };
+    let mut t = smtp(&c);
+    let rcpts = ["a@example.org", "b@example.org", "c@example.org", "d@example.org"];
+    let msg = Msg::new(&rcpts, BODY);
+    assert_all(&t.deliver(&msg.outgoing()), Status::Sent, "250 2.0.0");
+    assert_all(&t.deliver(&Msg::new(&["e@example.org"], BODY).outgoing()), Status::Sent, "250 2.0.0");
+    let conv = server.only();
+    // Everything of a transaction was in the server's hands before it
+    // answered the MAIL FROM, in one read.
+    assert_eq!(
+        conv.group_verbs(),
+        [
+            vec!["MAIL", "RCPT", "RCPT", "RCPT", "DATA"],
+            vec!["MAIL", "RCPT", "DATA"],
+            vec!["RSET", "MAIL", "RCPT", "DATA"],
+        ]
+    );
+    assert!(conv.groups.iter().all(|g| g.extra_reads == 0), "{:?}", conv.groups);
+    assert_eq!(
+        conv.groups[0].commands[1..4],
+        ["RCPT TO:<a@example.org>", "RCPT TO:<b@example.org>", "RCPT TO:<c@example.org>"]
+    );
+    assert_eq!(server.accepted().iter().map(|a| a.rcpts.len()).collect::<Vec<_>>(), [3, 1, 1]);
+}
+
+#[test]
+fn smtp_pipelining_452_and_550_in_the_middle_of_a_group() {
+    let server = Server::start(Opts { script: Arc::new(rcpt_by_local_part), ..Opts::default() });
+    let mut t = smtp(&cfg(vec![server.relay()]));
+    let msg =
+        Msg::new(&["a@example.org", "r452@example.org", "b@example.org", "r550@example.org", "c@example.org"], BODY);
+    let out = t.deliver(&msg.outgoing());
+    assert_eq!(statuses(&out), [Status::Sent, Status::Deferred, Status::Sent, Status::Failed, Status::Sent]);
+    assert_eq!(out[1].reply, "452 4.1.0 r452 answered 452");
+    assert_eq!(out[3].reply, "550 5.1.0 r550 answered 550");
+    for i in [0, 2, 4] {
+        assert_eq!(out[i].reply, "250 2.0.0 Ok: queued as TEST");
+    }
+    let conv = server.only();
+    assert_eq!(conv.group_verbs(), [["MAIL", "RCPT", "RCPT", "RCPT", "RCPT", "RCPT", "DATA"]]);
+    assert_eq!(conv.groups[0].extra_reads, 0);
+    let accepted = server.accepted();
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(accepted[0].rcpts, ["a@example.org", "b@example.org", "c@example.org"]);
+    assert_eq!(conv.data, vec![msg.wire()]);
+}
+
+#[test]
+fn smtp_without_pipelining_waits_for_every_reply() {
+    let server = Server::start(Opts { script: Arc::new(rcpt_by_local_part), ..Opts::default() }.pipelining(false));
+    let mut t = smtp(&cfg(vec![server.relay()]));
+    let msg = Msg::new(&["a@example.org", "r452@example.org", "r550@example.org", "b@example.org"], BODY);
+    let out = t.deliver(&msg.outgoing());
+    assert_eq!(statuses(&out), [Status::Sent, Status::Deferred, Status::Failed, Status::Sent]);
+    assert_all(&t.deliver(&msg.outgoing())[..1], Status::Sent, "250");
+    let conv = server.only();
+    // Nothing was waiting behind the MAIL FROM when the server answered it.
+    assert_eq!(conv.group_verbs(), [["MAIL"], ["MAIL"]]);
+    assert_eq!(conv.verbs()[..7], ["EHLO", "MAIL", "RCPT", "RCPT", "RCPT", "RCPT", "DATA"]);
+    assert_eq!(conv.verbs()[7], "RSET");
+}
+
+#[test]
+fn smtp_pipelining_disconnect_after_the_group() {
+    // The server takes the whole group, then hangs up: before any reply,
+    // after some RCPT replies, or instead of answering DATA.
+    let cases: [(&str, [Status; 3], &str); 3] = [
+        ("MAIL FROM:<tester@client.example>", [Status::Deferred; 3], "while sending MAIL FROM"),
+        ("RCPT TO:<b@example.org>", [Status::Failed, Status::Deferred, Status::Deferred], "while sending RCPT TO"),
+        ("DATA", [Status::Failed, Status::Deferred, Status::Deferred], "while sending DATA"),
+    ];
+    for (at, want, what) in cases {
+        // Only once: the next connection is served.
+        let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let server = Server::start(Opts {
+            script: Arc::new(move |l| {
+                if l == at && !fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    Act::Close
+                } else {
+                    rcpt_by_local_part(l)
+                }
+            }),
+            ..Opts::default()
+        });
+        let mut t = smtp(&cfg(vec![server.relay()]));
+        let msg = Msg::new(&["r550@example.org", "a@example.org", "b@example.org"], BODY);
+        let out = t.deliver(&msg.outgoing());
+        assert_eq!(statuses(&out), want, "{at}: {out:#?}");
+        let lost = format!("lost connection with {} {what}", server.name());
+        for o in out.iter().filter(|o| o.status == Status::Deferred) {
+            assert_eq!(o.reply, lost, "{at}");
+        }
+        if want[0] == Status::Failed {
+            assert_eq!(out[0].reply, "550 5.1.0 r550 answered 550", "{at}: a verdict read before the loss stands");
+        }
+        let conv = server.only();
+        assert_eq!(conv.group_verbs(), [["MAIL", "RCPT", "RCPT", "RCPT", "DATA"]], "{at}");
+        assert!(conv.data.is_empty() && server.accepted().is_empty());
+        // The dead connection is not kept: the next message connects again.
+        let out = t.deliver(&Msg::new(&["c@example.org"], BODY).outgoing());
+        assert_eq!(out[0].status, Status::Sent, "{at}: {out:?}");
+        assert_eq!(server.conversations().len(), 2);
+    }
 }

@@ -610,3 +610,53 @@ pub fn report_missing(program: &str, test: &str) {
     }
     let _ = writeln!(std::io::stderr(), "SKIPPED ({program} not installed): {test}");
 }
+
+// ---------------------------------------------------------------------------
+// A syslog of the test's own: the programs log to the fixed path /dev/log,
+// which the machine may not have and other work on it must not see replaced.
+
+/// A datagram socket standing in for `/dev/log`, and a way to run a command
+/// in a private mount namespace where `/dev/log` is that socket (a tmpfs on
+/// `/dev` holding `null`, `full`, `zero`, `random`, `urandom` from the real
+/// one, and `log`). Needs root (`unshare --mount`).
+pub struct TestSyslog {
+    dir: tempfile::TempDir,
+    socket: std::os::unix::net::UnixDatagram,
+}
+
+impl TestSyslog {
+    pub fn new() -> TestSyslog {
+        let dir = root_tempdir("outq-syslog-");
+        let path = dir.path().join("log");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        // Any caller may log, as to the real /dev/log.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::create_dir(dir.path().join("dev")).unwrap();
+        TestSyslog { dir, socket }
+    }
+
+    /// `cmd` (program, arguments, working directory `/`, empty environment)
+    /// run where `/dev/log` is this socket.
+    pub fn wrap(&self, cmd: &Command) -> Command {
+        const SETUP: &str = "set -e; d=$1; shift; mount --rbind /dev \"$d/dev\"; \
+            mount -t tmpfs -o mode=0755,nosuid tmpfs /dev; \
+            for n in null full zero random urandom; do : >/dev/$n; mount --bind \"$d/dev/$n\" /dev/$n; done; \
+            : >/dev/log; mount --bind \"$d/log\" /dev/log; exec \"$@\"";
+        let mut c = Command::new("/usr/bin/unshare");
+        c.env_clear().current_dir("/");
+        c.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c", SETUP, "sh"]);
+        c.arg(self.dir.path()).arg(cmd.get_program()).args(cmd.get_args());
+        c
+    }
+
+    /// Every record received so far.
+    pub fn records(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(buf.get(..n).unwrap_or(&[])).into_owned());
+        }
+        out
+    }
+}

@@ -46,11 +46,11 @@ fn run() -> Result<(), failure::Failure> {
     let args = args.check_overrides(env.secure)?;
     let cfg = spool::load_config(&args, &env)?;
     let dirs = spool::open(&args, &cfg, &env)?;
-    let caller = policy::authorize(&cfg, &env)?;
+    let caller = policy::authorize(&cfg, &env, args.sender.is_none())?;
     let envelope = policy::envelope(&args, &cfg, &caller)?;
     let fs_size = spool::check_free_space(&dirs, &cfg)?;
     let ledger = share::check(&dirs, &cfg, &env, fs_size)?;
     let (id, size) = write::submit(&dirs, &cfg, &env, &caller, &envelope, ledger)?;
-    write::announce(&id, size, &caller, &envelope);
+    write::announce(&id, size, &caller, &envelope, &env);
     Ok(())
 }

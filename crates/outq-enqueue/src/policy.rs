@@ -1,10 +1,13 @@
 /*!
 Who may submit (`submit_users`) and the envelope they submit.
 
-The caller is the real uid the kernel reports; its login comes from the
-password database, looked up only after the helper has changed into the
-spool directory (so a library that opens a relative path cannot be steered
-by the caller's working directory).
+The caller is the real uid the kernel reports. Its login is needed only
+for a default sender (no `-f`) or a `submit_users` list; only then is it
+looked up in the password database (NSS), after the helper has changed
+into the spool directory (so a library that opens a relative path cannot be
+steered by the caller's working directory). Otherwise the submission path
+makes no lookup at all: the entry's owner is the uid, and the runner names
+the submitter from it.
 */
 #![forbid(unsafe_code)]
 
@@ -23,7 +26,8 @@ use crate::startup::Env;
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub uid: u32,
-    pub login: String,
+    /// From the password database, when it was needed.
+    pub login: Option<String>,
 }
 
 /// A validated envelope.
@@ -37,8 +41,13 @@ fn denied(what: String) -> Failure {
     Failure::new(Code::NoPerm, what, "ask the administrator to add you to submit_users in outq.conf")
 }
 
-/// Identify the caller and apply `submit_users`.
-pub fn authorize(cfg: &Config, env: &Env) -> Result<Caller, Failure> {
+/// Identify the caller and apply `submit_users`. The password database is
+/// consulted only when the login is needed: for the default sender
+/// (`need_login`) or a `submit_users` list.
+pub fn authorize(cfg: &Config, env: &Env, need_login: bool) -> Result<Caller, Failure> {
+    if !need_login && matches!(cfg.submit_users, SubmitUsers::Anyone) {
+        return Ok(Caller { uid: env.ruid.as_raw(), login: None });
+    }
     let uid = env.ruid;
     let user = match User::from_uid(uid) {
         Ok(Some(u)) => u,
@@ -63,7 +72,7 @@ pub fn authorize(cfg: &Config, env: &Env) -> Result<Caller, Failure> {
             "use an account name of printable ASCII",
         ));
     }
-    let caller = Caller { uid: uid.as_raw(), login: user.name.clone() };
+    let caller = Caller { uid: uid.as_raw(), login: Some(user.name.clone()) };
     match &cfg.submit_users {
         SubmitUsers::Anyone => Ok(caller),
         SubmitUsers::Only { users, groups } => {
@@ -110,13 +119,16 @@ pub fn envelope(args: &Args, cfg: &Config, caller: &Caller) -> Result<Envelope, 
     let sender = match &args.sender {
         Some(raw) if raw.is_empty() || raw == b"<>" => Sender::Null,
         Some(raw) => Sender::Mailbox(Mailbox::parse_or_qualify(raw, &host).map_err(|e| bad_address("sender", raw, e))?),
-        None => Sender::Mailbox(Mailbox::parse_or_qualify(caller.login.as_bytes(), &host).map_err(|e| {
-            Failure::new(
-                Code::DataErr,
-                format!("cannot make a sender from account name {}: {e}", escape(caller.login.as_bytes())),
-                "give the sender with -f",
-            )
-        })?),
+        None => {
+            let login = caller.login.as_deref().unwrap_or_default();
+            Sender::Mailbox(Mailbox::parse_or_qualify(login.as_bytes(), &host).map_err(|e| {
+                Failure::new(
+                    Code::DataErr,
+                    format!("cannot make a sender from account name {}: {e}", escape(login.as_bytes())),
+                    "give the sender with -f",
+                )
+            })?)
+        }
     };
     if args.recipients.len() > cfg.max_recipients {
         return Err(Failure::new(

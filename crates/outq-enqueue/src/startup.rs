@@ -4,8 +4,10 @@ Start-up hardening against the caller, before anything else is done.
 The order matters and is documented in SECURITY.md; each step is covered by
 a privileged test that runs the installed helper as a real user:
 
-1. standard descriptors 0–2 open (a closed one is reopened on `/dev/null`
-   and then refused: stdin closed is exit 66, stdout or stderr closed 64);
+1. standard descriptors 0–2 open (a closed one is reopened on `/dev/null`;
+   a closed stdin is refused with exit 66; with stdout or stderr closed the
+   message is accepted, as Postfix's postdrop does, and syslog is the only
+   channel for the queue ID or the refusal);
 2. the environment cleared;
 3. umask 077 (every file is also created and chmod-ed with an explicit mode);
 4. soft RLIMIT_FSIZE and RLIMIT_NOFILE raised to the hard limits, SIGXFSZ
@@ -44,11 +46,13 @@ pub struct Env {
     pub egid: Gid,
     /// Termination signals, blocked and read from a signalfd.
     pub signals: process::Terminations,
+    /// The caller closed standard output: the queue ID goes to syslog only.
+    pub stdout_closed: bool,
 }
 
 pub fn harden() -> Result<Env, Failure> {
     // First, so that even the earliest refusal is logged under our own
-    // name rather than the caller-chosen argv[0] (openlog opens nothing yet).
+    // name rather than the caller-chosen argv[0] (this opens nothing).
     outq_spool::log::open(c"outq-enqueue");
     let closed = process::ensure_std_fds().map_err(|e| {
         Failure::temp(format!("cannot open /dev/null for a closed standard descriptor: {e}"), "check /dev/null")
@@ -74,9 +78,8 @@ pub fn harden() -> Result<Env, Failure> {
     if closed.stdin {
         return Err(Failure::new(Code::NoInput, "standard input is closed", "give the message on standard input"));
     }
-    if closed.stdout || closed.stderr {
-        let which = if closed.stdout { "output" } else { "error" };
-        return Err(Failure::usage(format!("standard {which} is closed (the queue ID and errors are written there)")));
-    }
-    Ok(Env { secure, no_new_privs, ruid, rgid, euid, egid, signals })
+    // A daemon or MDA may run with standard output or error closed; its
+    // mail must not bounce for that. Both now lead to /dev/null, and every
+    // outcome is also logged.
+    Ok(Env { secure, no_new_privs, ruid, rgid, euid, egid, signals, stdout_closed: closed.stdout })
 }

@@ -12,13 +12,18 @@ Writing one entry: create in `tmp/`, stream, commit into `new/`.
 2. The header is written with a zero size, then standard input is copied in
    64 KiB pieces (constant memory), refusing NUL bytes and anything past
    `message_size_limit`; then the trailer, then the real size in place.
-3. `fchmod` to the committed mode 0404, `fsync`, and
+3. `fchmod` to the committed mode 0404, then
    `renameat2(RENAME_NOREPLACE)` from `tmp/ID` to `new/ID`: the single
-   commit point. A reader never sees a partial entry in `new/`.
-4. The rename is made durable by `fsync` again on the file: the helper may
-   not open `new/` for reading (no `r` for its group, by design), and on
-   journaling filesystems (ext4, XFS, btrfs) this commits the transaction
-   that holds the rename. See outq-spool(5), DURABILITY.
+   commit point. A reader never sees a partial entry in `new/` except
+   after a crash before step 4, and then the runner refuses it (size field
+   and trailer) and quarantines it; the caller was never told it was
+   queued.
+4. One `fsync` on the file, after the rename: it writes the data, the
+   inode and the new name in one go (the helper may not open `new/` for
+   reading, by design, so it cannot `fsync` the directory). Only then is
+   the queue ID printed and 0 returned. Why this one flush is enough on
+   ext4 (with and without a journal), XFS and btrfs: outq-spool(5),
+   DURABILITY.
 
 Any failure or termination signal before step 3 unlinks `tmp/ID`; SIGKILL
 can only leave an unlocked file in `tmp/`, which the runner removes at its
@@ -232,7 +237,6 @@ pub fn submit(
         .map_err(|e| io_failure("writing the size", errno_of(&e)))?;
     fchmod(entry.file.as_fd(), Mode::from_bits_truncate(layout::ENTRY_MODE))
         .map_err(|e| io_failure("setting the queue file's mode", e))?;
-    fsync(entry.file.as_fd()).map_err(|e| io_failure("flushing the queue file", e))?;
     if let Some(sig) = env.signals.pending() {
         return Err(interrupted(sig));
     }
@@ -241,7 +245,7 @@ pub fn submit(
 }
 
 /// The commit point: rename into `new/` without replacing, then make the
-/// rename durable.
+/// entry durable, data and name, with one `fsync` of the file.
 fn commit(entry: &mut TempEntry<'_>, dirs: &Dirs) -> Result<(), Failure> {
     let id = entry.id.as_str();
     renameat2(dirs.tmp.as_fd(), id, dirs.new.as_fd(), id, RenameFlags::RENAME_NOREPLACE)
@@ -249,23 +253,30 @@ fn commit(entry: &mut TempEntry<'_>, dirs: &Dirs) -> Result<(), Failure> {
     // From here on the entry is in new/; tmp/ID no longer exists.
     entry.committed = true;
     if let Err(e) = fsync(entry.file.as_fd()) {
-        // Not durable: take it back if the runner has not claimed it yet,
-        // and let the caller retry (a duplicate is better than a loss).
+        // Not known to be durable: take it back if the runner has not
+        // claimed it yet, and let the caller retry (a duplicate is better
+        // than a loss).
         let _ = unlinkat(dirs.new.as_fd(), id, UnlinkatFlags::NoRemoveDir);
-        return Err(io_failure("flushing the committed queue file", e));
+        return Err(io_failure("flushing the queue file", e));
     }
     Ok(())
 }
 
-/// Print the queue ID and log the acceptance.
-pub fn announce(id: &QueueId, size: u64, caller: &Caller, envelope: &Envelope) {
+/// Print the queue ID and log the acceptance: one line, which also carries
+/// the queue ID to a caller that closed its standard output.
+pub fn announce(id: &QueueId, size: u64, caller: &Caller, envelope: &Envelope, env: &Env) {
     use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let printed = writeln!(out, "{id}").and_then(|()| out.flush());
+    let printed = if env.stdout_closed {
+        Ok(())
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{id}").and_then(|()| out.flush())
+    };
+    let login = caller.login.as_deref().map(|l| format!(" ({})", log::escape(l.as_bytes()))).unwrap_or_default();
+    let note = if env.stdout_closed { " (standard output closed: queue ID logged only)" } else { "" };
     log::info(&format!(
-        "{id}: uid={} ({}) from={} nrcpt={} size={size}",
+        "{id}: uid={}{login} from={} nrcpt={} size={size}{note}",
         caller.uid,
-        log::escape(caller.login.as_bytes()),
         log::escape(envelope.sender.to_string().as_bytes()),
         envelope.recipients.len()
     ));

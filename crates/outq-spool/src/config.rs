@@ -14,6 +14,17 @@ file means the defaults.
 This module interprets the keys the helper needs ([`KEYS`]); every other
 key is kept raw in [`Config::other`] for the runner, which validates its
 own, and `outq check` reports a key that neither knows.
+
+Only what the helper uses can stop the helper: a malformed line, a
+malformed key name or a repeated key that is not one of [`KEYS`] is kept
+in [`Config::problems`] instead of failing the parse, so a typo in a
+runner-only key never makes a submission fail (the runner and `outq check`
+report it). A line that names one of [`KEYS`], even misspelled in case, is
+an error for everyone.
+
+When `myhostname` is not set, [`effective_hostname`] takes the name from
+[`MAILNAME_PATH`] (Debian's `/etc/mailname`) and then from the kernel's
+host name.
 */
 #![forbid(unsafe_code)]
 
@@ -50,6 +61,13 @@ pub const DEFAULT_MAX_RECIPIENTS: usize = 1000;
 pub const DEFAULT_SPOOL_MIN_FREE: u64 = 50_000_000;
 pub const DEFAULT_QUEUE_USER: &str = "outq";
 pub const DEFAULT_SETGID_GROUP: &str = "outqdrop";
+
+/// The mail name file read when `myhostname` is not set, as Debian's MTAs
+/// do. Fixed at build time like [`CONFIG_PATH`].
+pub const MAILNAME_PATH: &str = match option_env!("OUTQ_MAILNAME_PATH") {
+    Some(p) => p,
+    None => "/etc/mailname",
+};
 
 /// The largest configuration file read (a sanity bound, not a format limit).
 pub const MAX_CONFIG_SIZE: u64 = 64 * 1024;
@@ -104,6 +122,10 @@ pub struct Config {
     /// Keys this crate does not interpret (the runner's, or typos), with
     /// their line and raw value; the runner validates its own.
     pub other: BTreeMap<String, Setting>,
+    /// Lines that concern no key of [`KEYS`] and could not be used
+    /// (malformed, or a repeated key): ignored by the helper, reported by
+    /// the runner and `outq check`.
+    pub problems: Vec<SyntaxError>,
 }
 
 impl Default for Config {
@@ -119,6 +141,7 @@ impl Default for Config {
             queue_user: DEFAULT_QUEUE_USER.into(),
             setgid_group: DEFAULT_SETGID_GROUP.into(),
             other: BTreeMap::new(),
+            problems: Vec::new(),
         }
     }
 }
@@ -248,6 +271,12 @@ fn parse_submit_users(line: usize, value: &str) -> Result<SubmitUsers, SyntaxErr
     Ok(SubmitUsers::Only { users, groups })
 }
 
+/// Whether `word` names one of the helper's keys, ignoring case (so a
+/// misspelt `Myhostname` is still the helper's business).
+fn is_helper_word(word: &str) -> bool {
+    KEYS.iter().any(|(k, _)| k.eq_ignore_ascii_case(word))
+}
+
 /// Parse the text of a configuration file.
 pub fn parse(text: &[u8]) -> Result<Config, SyntaxError> {
     let text = std::str::from_utf8(text).map_err(|_| err(0, "the file is not valid UTF-8"))?;
@@ -259,16 +288,33 @@ pub fn parse(text: &[u8]) -> Result<Config, SyntaxError> {
         if t.is_empty() || t.starts_with('#') {
             continue;
         }
+        // The key this line is about, as far as it can be told: a problem
+        // with a helper key is fatal, any other is recorded.
+        let word = t.split(|c: char| c == '=' || c.is_whitespace()).next().unwrap_or("");
+        let mut problem = |e: SyntaxError| {
+            if is_helper_word(word) {
+                Err(e)
+            } else {
+                cfg.problems.push(e);
+                Ok(())
+            }
+        };
         if t.chars().any(|c| c.is_control() && c != '\t') {
-            return Err(err(line, "control character in line"));
+            problem(err(line, "control character in line"))?;
+            continue;
         }
-        let (key, value) = t.split_once('=').ok_or_else(|| err(line, "expected 'key = value'"))?;
+        let Some((key, value)) = t.split_once('=') else {
+            problem(err(line, "expected 'key = value'"))?;
+            continue;
+        };
         let (key, value) = (key.trim(), value.trim());
         if key.is_empty() || !key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
-            return Err(err(line, "a key is lower-case letters, digits and '_'"));
+            problem(err(line, "a key is lower-case letters, digits and '_'"))?;
+            continue;
         }
         if let Some(first) = seen.insert(key.to_owned(), line) {
-            return Err(err(line, format!("{key} is already set on line {first}")));
+            problem(err(line, format!("{key} is already set on line {first}")))?;
+            continue;
         }
         apply(&mut cfg, line, key, value)?;
     }
@@ -340,10 +386,23 @@ impl Trust {
 /// Load and parse the file at `path`. `Ok((cfg, false))` with defaults when
 /// the file does not exist; `Ok((cfg, true))` when it was read.
 pub fn load(path: &Path, trust: &Trust) -> Result<(Config, bool), ConfigError> {
+    let Some(text) = read_trusted(path, trust, MAX_CONFIG_SIZE).map_err(ConfigError::Untrusted)? else {
+        return Ok((Config::default(), false));
+    };
+    let shown = path.display().to_string();
+    let cfg = parse(&text).map_err(|error| ConfigError::Syntax { path: shown, error })?;
+    Ok((cfg, true))
+}
+
+/// Read a small root-administered file (this configuration, the aliases
+/// file) under the same rules: every directory above it and the file
+/// itself owned by a trusted owner and not writable by group or others,
+/// no symbolic link, at most `max` bytes. `Ok(None)` when it does not exist.
+pub fn read_trusted(path: &Path, trust: &Trust, max: u64) -> Result<Option<Vec<u8>>, FsError> {
     let shown = path.display().to_string();
     let (name, parent) = match (path.file_name(), path.parent()) {
         (Some(n), Some(p)) => (n, p),
-        _ => return Err(ConfigError::Untrusted(FsError::new(shown, fs::Problem::NotCanonical))),
+        _ => return Err(FsError::new(shown, fs::Problem::NotCanonical)),
     };
     let policy = AncestorPolicy { owners: trust.owners.clone(), allow_sticky: trust.allow_sticky };
     let dir = match fs::open_dir_path(parent, &policy) {
@@ -353,29 +412,28 @@ pub fn load(path: &Path, trust: &Trust) -> Result<(Config, bool), ConfigError> {
             check_owned_not_writable(&parent_shown, &st, trust)?;
             fd
         }
-        Err(e) if e.errno() == Some(Errno::ENOENT) => return Ok((Config::default(), false)),
-        Err(e) => return Err(ConfigError::Untrusted(e)),
+        Err(e) if e.errno() == Some(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
     };
     let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
     let fd = match openat(dir.as_fd(), name, flags, Mode::empty()) {
         Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok((Config::default(), false)),
-        Err(Errno::ELOOP) => return Err(ConfigError::Untrusted(FsError::new(shown, fs::Problem::Symlink))),
-        Err(e) => return Err(ConfigError::Untrusted(FsError::sys(shown, e))),
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::ELOOP) => return Err(FsError::new(shown, fs::Problem::Symlink)),
+        Err(e) => return Err(FsError::sys(shown, e)),
     };
-    let st = fstat(&fd).map_err(|e| ConfigError::Untrusted(FsError::sys(shown.clone(), e)))?;
-    fs::require_trusted_file(&shown, &st, &trust.owners, MAX_CONFIG_SIZE).map_err(ConfigError::Untrusted)?;
-    let text = fs::read_all(fd, MAX_CONFIG_SIZE).map_err(|e| {
-        ConfigError::Untrusted(FsError::sys(shown.clone(), Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
-    })?;
-    let cfg = parse(&text).map_err(|error| ConfigError::Syntax { path: shown, error })?;
-    Ok((cfg, true))
+    let st = fstat(&fd).map_err(|e| FsError::sys(shown.clone(), e))?;
+    fs::require_trusted_file(&shown, &st, &trust.owners, max)?;
+    let expected = u64::try_from(st.st_size).unwrap_or(0);
+    let text = fs::read_all_sized(fd, max, expected)
+        .map_err(|e| FsError::sys(shown.clone(), Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+    Ok(Some(text))
 }
 
-fn check_owned_not_writable(shown: &str, st: &nix::sys::stat::FileStat, trust: &Trust) -> Result<(), ConfigError> {
+fn check_owned_not_writable(shown: &str, st: &nix::sys::stat::FileStat, trust: &Trust) -> Result<(), FsError> {
     let policy = AncestorPolicy { owners: trust.owners.clone(), allow_sticky: false };
     let probe = AncestorPolicyCheck { policy: &policy };
-    probe.check(shown, st).map_err(ConfigError::Untrusted)
+    probe.check(shown, st)
 }
 
 /// Applies an [`AncestorPolicy`] to one directory (the config's own
@@ -406,11 +464,15 @@ impl AncestorPolicyCheck<'_> {
     }
 }
 
-/// The host name to use: the configured one, else the system's if it is a
+/// The host name to use: the configured one, else the first line of
+/// [`MAILNAME_PATH`] if it is a valid domain, else the system's if it is a
 /// valid domain, else `localhost`.
 pub fn effective_hostname(cfg: &Config) -> String {
     if let Some(h) = &cfg.myhostname {
         return h.clone();
+    }
+    if let Some(name) = read_mailname(Path::new(MAILNAME_PATH)) {
+        return name;
     }
     match nix::unistd::gethostname() {
         Ok(h) => match h.into_string() {
@@ -419,6 +481,21 @@ pub fn effective_hostname(cfg: &Config) -> String {
         },
         Err(_) => "localhost".into(),
     }
+}
+
+/// The mail name in `path`: its first line, trimmed, if that is a domain.
+/// A missing, unreadable, oversized or malformed file is no mail name.
+pub fn read_mailname(path: &Path) -> Option<String> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+    let fd = nix::fcntl::open(path, flags, Mode::empty()).ok()?;
+    let st = fstat(&fd).ok()?;
+    if !fs::is_regular(&st) {
+        return None;
+    }
+    let text = fs::read_all(fd, 1024).ok()?;
+    let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let name = std::str::from_utf8(first).ok()?.trim();
+    address::is_domain(name.as_bytes()).then(|| name.to_owned())
 }
 
 #[cfg(test)]
@@ -488,6 +565,8 @@ max_recipients = 5\nsubmit_users = www-data, alice @mailers\nspool_min_free = 0\
             (b"submit_users = anyone alice\n", 1),
             (b"Spool_Directory = /x\n", 1),
             (b"max_recipients = 1\nmax_recipients = 2\n", 2),
+            (b"myhostname host.example\n", 1),
+            (b"\nsubmit_users\n", 2),
             (b"queue_user = -root\n", 1),
             (b"myhostname = a\x01b\n", 1),
             (b"\xff\xfe = 1\n", 0),
@@ -496,5 +575,32 @@ max_recipients = 5\nsubmit_users = www-data, alice @mailers\nspool_min_free = 0\
             let e = parse(text).expect_err(&String::from_utf8_lossy(text));
             assert_eq!(e.line, *line, "{:?}: {}", String::from_utf8_lossy(text), e);
         }
+    }
+
+    #[test]
+    fn problems_with_other_keys_do_not_stop_the_parse() {
+        let text = b"relay smtp://x\nStartTLS = on\nrelay = a\nrelay = b\nx\x01y = 1\nmax_recipients = 7\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.max_recipients, 7);
+        let lines: Vec<usize> = c.problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [1, 2, 4, 5]);
+        assert_eq!(c.other.get("relay").map(|s| s.value.as_str()), Some("a"));
+    }
+
+    #[test]
+    fn mail_name_file() {
+        let dir = std::env::temp_dir().join(format!("outq-mailname-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("mailname");
+        std::fs::write(&p, "mail.example.org\nignored\n").unwrap();
+        assert_eq!(read_mailname(&p).as_deref(), Some("mail.example.org"));
+        std::fs::write(&p, "  spaced.example \n").unwrap();
+        assert_eq!(read_mailname(&p).as_deref(), Some("spaced.example"));
+        std::fs::write(&p, "not a name\n").unwrap();
+        assert_eq!(read_mailname(&p), None);
+        std::fs::write(&p, "a".repeat(2000)).unwrap();
+        assert_eq!(read_mailname(&p), None);
+        assert_eq!(read_mailname(&dir.join("missing")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

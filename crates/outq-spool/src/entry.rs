@@ -7,7 +7,7 @@ outq-entry 1\n
 id 0692A1B2C3D4E5F60718293A4B\n
 arrival 1764345835\n
 uid 33\n
-login www-data\n
+login www-data\n                        (only when the helper looked it up)
 sender <www-data@host.example>\n        (or "sender <>")
 rcpt <alice@example.org>\n              (one line per recipient, at least one)
 size 00000000000000004096\n             (20 digits: the message's length)
@@ -52,8 +52,10 @@ pub struct Header {
     pub arrival: u64,
     /// Submitter's real uid when it submitted (informational).
     pub uid: u32,
-    /// Submitter's login name (informational).
-    pub login: String,
+    /// Submitter's login name (informational), present only when the
+    /// helper needed it (a default sender or a `submit_users` list); the
+    /// runner names the submitter from the file's owner.
+    pub login: Option<String>,
     pub sender: Sender,
     pub recipients: Vec<Mailbox>,
     /// Length of the message in bytes.
@@ -88,7 +90,9 @@ impl Header {
         push_line(&mut out, "id", self.id.as_str());
         push_line(&mut out, "arrival", &self.arrival.to_string());
         push_line(&mut out, "uid", &self.uid.to_string());
-        push_line(&mut out, "login", &self.login);
+        if let Some(login) = &self.login {
+            push_line(&mut out, "login", login);
+        }
         push_line(&mut out, "sender", &format!("<{}>", self.sender.as_str()));
         for r in &self.recipients {
             push_line(&mut out, "rcpt", &format!("<{r}>"));
@@ -228,12 +232,16 @@ pub fn parse_header<R: BufRead>(r: &mut R, limits: &Limits) -> Result<Parsed, Fo
     let arrival = decimal(field(&read_line(r, &mut consumed)?, "arrival")?, "arrival")?;
     let uid = decimal(field(&read_line(r, &mut consumed)?, "uid")?, "uid")?;
     let uid = u32::try_from(uid).map_err(|_| FormatError::BadValue { field: "uid" })?;
-    let line = read_line(r, &mut consumed)?;
-    let login = field(&line, "login")?;
-    if !is_valid_login(login) {
-        return Err(FormatError::BadValue { field: "login" });
+    let mut line = read_line(r, &mut consumed)?;
+    let mut login = None;
+    if line.starts_with(b"login ") {
+        let name = field(&line, "login")?;
+        if !is_valid_login(name) {
+            return Err(FormatError::BadValue { field: "login" });
+        }
+        login = Some(name.to_owned());
+        line = read_line(r, &mut consumed)?;
     }
-    let line = read_line(r, &mut consumed)?;
     let sender = Sender::parse(bracketed(field(&line, "sender")?, "sender")?.as_bytes())
         .map_err(|_| FormatError::BadValue { field: "sender" })?;
     let mut recipients = Vec::new();
@@ -263,7 +271,7 @@ pub fn parse_header<R: BufRead>(r: &mut R, limits: &Limits) -> Result<Parsed, Fo
     if !read_line(r, &mut consumed)?.is_empty() {
         return Err(FormatError::Unexpected { expected: "blank" });
     }
-    let header = Header { id, arrival, uid, login: login.to_owned(), sender, recipients, size };
+    let header = Header { id, arrival, uid, login, sender, recipients, size };
     Ok(Parsed { header, body_offset: consumed })
 }
 
@@ -314,7 +322,7 @@ mod tests {
             id: QueueId::parse("0692A1B2C3D4E5F60718293A4B").unwrap(),
             arrival: 1_764_345_835,
             uid: 33,
-            login: "www-data".into(),
+            login: Some("www-data".into()),
             sender: Sender::parse(b"www-data@host.example").unwrap(),
             recipients: vec![
                 Mailbox::parse(b"alice@example.org").unwrap(),
@@ -332,6 +340,15 @@ mod tests {
         let (h, body) = parse_bytes(&data, &LIMITS).unwrap();
         assert_eq!(body, BODY);
         assert_eq!(h, Header { size: BODY.len() as u64, ..header() });
+    }
+
+    #[test]
+    fn login_line_is_optional() {
+        let h = Header { login: None, ..header() };
+        let data = to_bytes(&h, BODY);
+        assert!(!String::from_utf8_lossy(&data).contains("login"));
+        let (back, _) = parse_bytes(&data, &LIMITS).unwrap();
+        assert_eq!(back, Header { size: BODY.len() as u64, ..h });
     }
 
     #[test]

@@ -1,11 +1,24 @@
 /*!
 File-descriptor based filesystem primitives that never follow a symbolic link.
 
-Paths are walked from `/` one component at a time with
-`openat(O_PATH | O_DIRECTORY | O_NOFOLLOW)`, and every directory is checked on
-the descriptor just opened (`fstat`), so nothing can be swapped between the
-check and the use. `O_PATH` needs only search permission, which is all the
-helper has on `tmp/` and `new/`.
+A trusted directory path is opened in one `openat2` call from a descriptor
+on `/`, with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`
+(a symbolic link anywhere on the way is an error, never followed). The
+directories above it are then checked through the descriptor itself, one
+`fstatat(fd, "..", …)`, `fstatat(fd, "../..", …)`, … per level up to the
+root: those are the directory's actual ancestors at the time of the check,
+whatever happened to the names before, and once they are found owned by a
+trusted user and not writable by others, nobody else can move the
+directory any more. The last one must be the root itself, or the directory
+was moved during the check.
+
+Where `openat2` is missing (Linux before 5.6, or a filter that refuses it),
+and whenever anything in that fast path fails, the path is walked from `/`
+one component at a time with `openat(O_PATH | O_DIRECTORY | O_NOFOLLOW)`,
+every directory checked on the descriptor just opened (`fstat`): the same
+checks, one more system call or three per level, and the precise error.
+`O_PATH` needs only search permission, which is all the helper has on
+`tmp/` and `new/`.
 */
 #![forbid(unsafe_code)]
 
@@ -13,9 +26,11 @@ use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path};
 
+use std::sync::OnceLock;
+
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, openat};
-use nix::sys::stat::{FileStat, Mode, SFlag, fstat};
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 use nix::unistd::{Gid, Uid};
 
 /// A failed filesystem step, naming the path it concerned.
@@ -134,6 +149,68 @@ fn is_type(st: &FileStat, t: SFlag) -> bool {
 /// descriptor is an `O_PATH` handle on `path` itself, not yet checked: the
 /// caller knows what it must be.
 pub fn open_dir_path(path: &Path, policy: &AncestorPolicy) -> Result<(OwnedFd, FileStat), FsError> {
+    match open_dir_path_beneath(path, policy) {
+        Some(found) => Ok(found),
+        None => walk_dir_path(path, policy),
+    }
+}
+
+/// The root directory, opened once per process.
+struct Root {
+    fd: OwnedFd,
+    st: FileStat,
+}
+
+fn root() -> Option<&'static Root> {
+    static ROOT: OnceLock<Option<Root>> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let fd = nix::fcntl::open("/", DIR_FLAGS, Mode::empty()).ok()?;
+        let st = fstat(&fd).ok()?;
+        Some(Root { fd, st })
+    })
+    .as_ref()
+}
+
+/// The fast path: one `openat2` beneath `/`, then the ancestors checked
+/// through `..` from the new descriptor. `None` when anything fails or
+/// differs; the walk then gives the answer (and the precise error).
+fn open_dir_path_beneath(path: &Path, policy: &AncestorPolicy) -> Option<(OwnedFd, FileStat)> {
+    let mut names = Vec::new();
+    for comp in path.components() {
+        match comp {
+            Component::RootDir if names.is_empty() => {}
+            Component::Normal(n) => names.push(n),
+            _ => return None,
+        }
+    }
+    if !path.is_absolute() || names.is_empty() {
+        return None;
+    }
+    let root = root()?;
+    let relative: std::path::PathBuf = names.iter().collect();
+    let how = OpenHow::new()
+        .flags(DIR_FLAGS)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(root.fd.as_fd(), relative.as_path(), how).ok()?;
+    let st = fstat(&fd).ok()?;
+    // Parent first, the root last: "..", "../..", ...
+    let mut up = String::new();
+    for level in (0..names.len()).rev() {
+        up.push_str(if up.is_empty() { ".." } else { "/.." });
+        let ancestor = fstatat(fd.as_fd(), up.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+        let shown: std::path::PathBuf =
+            std::iter::once(Component::RootDir.as_os_str()).chain(names.iter().take(level).copied()).collect();
+        policy.check(&shown.display().to_string(), &ancestor).ok()?;
+        if level == 0 && (ancestor.st_dev, ancestor.st_ino) != (root.st.st_dev, root.st.st_ino) {
+            // Moved deeper since it was opened: walk the names instead.
+            return None;
+        }
+    }
+    Some((fd, st))
+}
+
+/// The portable path: walk from `/` one component at a time.
+fn walk_dir_path(path: &Path, policy: &AncestorPolicy) -> Result<(OwnedFd, FileStat), FsError> {
     let shown = path.display().to_string();
     if !path.is_absolute() {
         return Err(FsError::new(shown, Problem::NotCanonical));
@@ -230,8 +307,15 @@ pub fn is_dir(st: &FileStat) -> bool {
 
 /// Read a whole trusted file (small: configuration) from its descriptor.
 pub fn read_all(fd: OwnedFd, limit: u64) -> std::io::Result<Vec<u8>> {
+    read_all_sized(fd, limit, 0)
+}
+
+/// [`read_all`] of a file `expected` bytes long (from `fstat`): the buffer
+/// is sized for it, so an unchanged file takes one `read` and the one that
+/// sees its end.
+pub fn read_all_sized(fd: OwnedFd, limit: u64, expected: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(usize::try_from(expected.min(limit)).unwrap_or(0).saturating_add(1));
     std::fs::File::from(fd).take(limit.saturating_add(1)).read_to_end(&mut out)?;
     if out.len() as u64 > limit {
         return Err(std::io::Error::other("file grew while being read"));

@@ -187,24 +187,36 @@ impl Terminations {
         self.received.get()
     }
 
-    /// Wait until `input` is readable or a termination signal arrives.
+    /// Wait until `input` is readable or a termination signal arrives. A
+    /// signal already pending makes the signalfd readable, so one `poll`
+    /// sees both; the signalfd is read only when it is.
     pub fn wait_readable(&self, input: BorrowedFd<'_>) -> io::Result<Wait> {
+        self.wait_readable_for(input, None)?.ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))
+    }
+
+    /// As [`Terminations::wait_readable`], but gives up after `timeout_ms`
+    /// milliseconds of silence (`None` waits for ever): then `Ok(None)`.
+    pub fn wait_readable_for(&self, input: BorrowedFd<'_>, timeout_ms: Option<u16>) -> io::Result<Option<Wait>> {
+        let timeout = timeout_ms.map_or(PollTimeout::NONE, PollTimeout::from);
         loop {
-            if let Some(sig) = self.pending() {
-                return Ok(Wait::Signal(sig));
+            if let Some(sig) = self.received.get() {
+                return Ok(Some(Wait::Signal(sig)));
             }
             let mut fds = [PollFd::new(input, PollFlags::POLLIN), PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::NONE) {
+            match poll(&mut fds, timeout) {
+                Ok(0) if timeout_ms.is_some() => return Ok(None),
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             }
             let [input_ready, signal_ready] = fds.map(|f| f.any().unwrap_or(false));
             if signal_ready {
-                continue; // picked up by pending() above
+                if let Some(sig) = self.pending() {
+                    return Ok(Some(Wait::Signal(sig)));
+                }
             }
             if input_ready {
-                return Ok(Wait::Ready);
+                return Ok(Some(Wait::Ready));
             }
         }
     }

@@ -11,6 +11,11 @@ ends, and extracts the code, the enhanced status code and the text.
 Time is bounded per step, not per system call: a deadline is set before a
 command is written and covers the write and the whole reply, so a server
 that trickles one byte at a time cannot stretch a step past its timeout.
+The socket's own timeouts (`SO_RCVTIMEO`, `SO_SNDTIMEO`) enforce it, but
+they are changed only when they would let a read or write end more than
+[`SLACK`] after the deadline, or when they ran out before it: steps of the
+same length reuse the value already set, so an ordinary conversation makes
+no `setsockopt` call per read or write.
 */
 #![forbid(unsafe_code)]
 
@@ -33,11 +38,26 @@ pub const MAX_LINES: usize = 100;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broken(pub String);
 
+/// How far past its deadline a read or write may end. The socket timeout
+/// is set again only when the one in force could overrun by more.
+pub const SLACK: Duration = Duration::from_millis(50);
+
 /// A TCP socket whose reads and writes all end by one deadline.
 #[derive(Debug)]
 struct Sock {
     tcp: TcpStream,
     deadline: Instant,
+    /// The socket's read and write timeouts as last set (`None`: never set,
+    /// that is, no timeout).
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+}
+
+/// Which of the socket's two timeouts.
+#[derive(Debug, Clone, Copy)]
+enum Dir {
+    Read,
+    Write,
 }
 
 impl Sock {
@@ -46,27 +66,60 @@ impl Sock {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() { Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")) } else { Ok(left) }
     }
-}
 
-/// A socket timeout surfaces as `WouldBlock`; rustls would take that for a
-/// non-blocking socket, so it is renamed to what it means.
-fn timeout_kind(e: io::Error) -> io::Error {
-    if e.kind() == io::ErrorKind::WouldBlock { io::Error::new(io::ErrorKind::TimedOut, "timed out") } else { e }
+    /// Make sure a blocking call in `dir` cannot outlast the deadline by
+    /// more than [`SLACK`]; `force` sets the remaining time in any case
+    /// (after the timeout in force ran out early).
+    fn bound(&mut self, dir: Dir, force: bool) -> io::Result<()> {
+        let left = self.remaining()?;
+        let current = match dir {
+            Dir::Read => self.read_timeout,
+            Dir::Write => self.write_timeout,
+        };
+        if !force && current.is_some_and(|t| t <= left.saturating_add(SLACK)) {
+            return Ok(());
+        }
+        match dir {
+            Dir::Read => {
+                self.tcp.set_read_timeout(Some(left))?;
+                self.read_timeout = Some(left);
+            }
+            Dir::Write => {
+                self.tcp.set_write_timeout(Some(left))?;
+                self.write_timeout = Some(left);
+            }
+        }
+        Ok(())
+    }
+
+    /// Run one blocking call under the deadline. A socket timeout that ran
+    /// out while time is left (it was set for a shorter step) is set to
+    /// the time left and the call made again.
+    fn io<T>(&mut self, dir: Dir, mut call: impl FnMut(&mut TcpStream) -> io::Result<T>) -> io::Result<T> {
+        let mut force = false;
+        loop {
+            self.bound(dir, force)?;
+            match call(&mut self.tcp) {
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    // remaining() turns an expired deadline into TimedOut.
+                    self.remaining()?;
+                    force = true;
+                }
+                other => return other,
+            }
+        }
+    }
 }
 
 impl Read for Sock {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.remaining()?;
-        self.tcp.set_read_timeout(Some(left))?;
-        self.tcp.read(buf).map_err(timeout_kind)
+        self.io(Dir::Read, |tcp| tcp.read(buf))
     }
 }
 
 impl Write for Sock {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let left = self.remaining()?;
-        self.tcp.set_write_timeout(Some(left))?;
-        self.tcp.write(buf).map_err(timeout_kind)
+        self.io(Dir::Write, |tcp| tcp.write(buf))
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -170,11 +223,12 @@ pub struct Conn {
 
 impl Conn {
     /// Wrap a connected socket. TCP_NODELAY is set: replies are waited for
-    /// after every command, so Nagle's algorithm would only add a delayed
-    /// ACK's worth of latency to each (nullmailer's 40 ms per message).
+    /// after every command or pipelined group, so Nagle's algorithm would
+    /// only add a delayed ACK's worth of latency to each (nullmailer's 40 ms
+    /// per message).
     pub fn new(tcp: TcpStream, relay: String, peer_ip: IpAddr) -> Result<Conn, Broken> {
         tcp.set_nodelay(true).map_err(|e| Broken(format!("cannot set TCP_NODELAY on {relay}: {}", describe(&e))))?;
-        let sock = Sock { tcp, deadline: Instant::now() };
+        let sock = Sock { tcp, deadline: Instant::now(), read_timeout: None, write_timeout: None };
         Ok(Conn { stream: Stream::Plain(sock), rbuf: Vec::new(), relay, peer_ip })
     }
 
@@ -269,22 +323,48 @@ impl Conn {
     pub fn command(&mut self, line: &str, what: &str, timeout: Duration) -> Result<Reply, Broken> {
         self.set_timeout(timeout);
         if self.has_unread() {
-            let early = self.read_reply(what)?;
-            return Err(if early.code == 421 {
-                Broken(early.text)
-            } else {
-                self.malformed(what, &format!("a reply before the command: {}", early.text))
-            });
+            return Err(self.unsolicited(what).0);
         }
         let mut bytes = Vec::with_capacity(line.len() + 2);
         bytes.extend_from_slice(line.as_bytes());
         bytes.extend_from_slice(b"\r\n");
         self.write_line(&bytes, what)?;
+        self.finish_reply(what)
+    }
+
+    /// Write `lines` (commands, each with its CRLF) at once, within
+    /// `timeout`, for their replies to be read with [`Conn::reply`] in
+    /// order: a group of pipelined commands (RFC 2920). The caller checks
+    /// [`Conn::has_unread`] first, as [`Conn::command`] does.
+    pub fn send(&mut self, lines: &[u8], what: &str, timeout: Duration) -> Result<(), Broken> {
+        self.set_timeout(timeout);
+        self.write_line(lines, what)
+    }
+
+    /// Read the reply to a command already sent, within `timeout`; a 421
+    /// is returned as [`Broken`], as by [`Conn::command`].
+    pub fn reply(&mut self, what: &str, timeout: Duration) -> Result<Reply, Broken> {
+        self.set_timeout(timeout);
+        self.finish_reply(what)
+    }
+
+    fn finish_reply(&mut self, what: &str) -> Result<Reply, Broken> {
         let reply = self.read_reply(what)?;
         if reply.code == 421 {
             return Err(Broken(reply.text));
         }
         Ok(reply)
+    }
+
+    /// The reason to give up a connection on which a reply is waiting that
+    /// no command asked for, and whether that reply is a 421 (the server
+    /// closing, its text the reason) rather than a reply out of step.
+    pub fn unsolicited(&mut self, what: &str) -> (Broken, bool) {
+        match self.read_reply(what) {
+            Ok(early) if early.code == 421 => (Broken(early.text), true),
+            Ok(early) => (self.malformed(what, &format!("a reply before the command: {}", early.text)), false),
+            Err(b) => (b, false),
+        }
     }
 
     /// Whether unread bytes are waiting (after a reply that should have been

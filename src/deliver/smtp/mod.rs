@@ -35,6 +35,24 @@ Decisions the interface left open:
   the end of the data, which is permanent as well.
 - A connection kept between messages is checked with RSET before it is
   used; if that fails it is replaced once, transparently.
+- PIPELINING (RFC 2920), when the relay offers it: the RSET of a kept
+  connection, MAIL FROM, every RCPT TO and DATA go out in one write, and
+  the replies are read in order, each deciding what it decided in
+  lock-step (see [`Smtp::exchange`]). DATA is in the group: RFC 2920 lets
+  it end one, and the case that makes that delicate, no recipient
+  accepted, is handled as the RFC asks: a refused DATA is followed by
+  RSET, an accepted one by a lone `.` (no message data), then RSET. The
+  message itself is sent only after a 354. A group holds at most
+  [`GROUP_BYTES`] of commands, so writing it can never block while the
+  server waits for its replies to be read (the deadlock of RFC 2920 3.1).
+  Without PIPELINING, every command waits for its reply, as before.
+- A reply that no command asked for, or one of a class that makes no sense
+  where it came, means the replies no longer match their commands. In
+  lock-step that is seen before the next command and the verdicts read
+  until then stand; in a pipelined group it may be seen only at the end,
+  so then no verdict of the group is trusted: its recipients are all
+  deferred. A lost connection (or 421) in the middle of a group keeps the
+  verdicts of the replies read before it, as in lock-step.
 - QUIT waits at most [`QUIT_TIMEOUT`] for its reply: nothing depends on it.
 */
 #![forbid(unsafe_code)]
@@ -62,6 +80,12 @@ use crate::config::{Relay, RunnerConfig, StartTls};
 /// Longest wait for the reply to QUIT.
 pub const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most bytes of commands written in one pipelined group before their
+/// replies are read: far below any TCP send buffer, so the write completes
+/// at once even when the server is not reading until it can write its
+/// replies.
+pub const GROUP_BYTES: usize = 4096;
+
 /// One configured relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
@@ -79,6 +103,8 @@ struct Offers {
     /// Whether SIZE was advertised; `size_limit` 0 means no fixed limit.
     size: bool,
     size_limit: u64,
+    /// Whether PIPELINING (RFC 2920) was advertised.
+    pipelining: bool,
 }
 
 /// An established session, ready for MAIL FROM.
@@ -112,6 +138,9 @@ impl Offers {
         }
         if self.size {
             v.push(if self.size_limit > 0 { format!("SIZE {}", self.size_limit) } else { "SIZE".to_owned() });
+        }
+        if self.pipelining {
+            v.push("PIPELINING".to_owned());
         }
         if v.is_empty() { "no extensions outq uses".to_owned() } else { v.join(", ") }
     }
@@ -470,84 +499,136 @@ impl Smtp {
         })
     }
 
-    /// The session for the next message: the kept one if RSET shows it
-    /// alive, else a new one.
-    fn session(&mut self) -> Result<Session, (String, String)> {
-        if let Some(mut s) = self.session.take() {
-            match s.conn.command("RSET", "sending RSET", self.timeouts.command) {
-                Ok(r) if r.class() == 2 => return Ok(s),
-                // Anything else: the server changed its mind about us, or
-                // the connection died while idle. Start over, once.
-                _ => drop(s),
-            }
-        }
-        self.open()
-    }
-
-    /// One transaction for `msg.recipients[range]`. Outcomes the server
-    /// decided are written to `out`; an `Err` means the connection is gone
-    /// and whatever is still `None` was left unfinished.
+    /// One transaction for `msg.recipients[range]`, begun with RSET when
+    /// `probe` (a kept connection). Outcomes the server decided are written
+    /// to `out`; whatever is still `None` after an error was left
+    /// unfinished.
     fn transaction(
         &self,
         s: &mut Session,
         msg: &Outgoing<'_>,
         range: std::ops::Range<usize>,
         out: &mut [Option<Outcome>],
-    ) -> Result<(), Broken> {
-        let t = self.timeouts;
-        let relay = s.conn.relay.clone();
-        let outcome = |status, reply: &Reply| Some(Outcome::new(status, reply.text.clone(), relay.clone()));
-        let mut mail = format!("MAIL FROM:<{}>", msg.sender.as_str());
-        if s.offers.size {
-            mail.push_str(&format!(" SIZE={}", size_estimate(msg)));
-        }
-        let r = s.conn.command(&mail, "sending MAIL FROM", t.command)?;
-        if r.class() != 2 {
-            let status = match (r.class(), r.code) {
-                (4, _) | (_, 530) => Status::Deferred,
-                (5, _) => Status::Failed,
-                _ => return Err(unexpected(&relay, "MAIL FROM", &r)),
-            };
-            for o in out.get_mut(range).unwrap_or_default() {
-                *o = outcome(status, &r);
-            }
-            return Ok(());
-        }
-        let mut accepted = Vec::new();
-        for i in range {
-            let Some(rcpt) = msg.recipients.get(i) else { continue };
-            let r = s.conn.command(&format!("RCPT TO:<{rcpt}>"), "sending RCPT TO", t.command)?;
-            let status = match (r.class(), r.code) {
-                (2, _) => {
-                    accepted.push(i);
-                    continue;
+        probe: bool,
+    ) -> Result<(), Stop> {
+        let mut decided = Vec::new();
+        let result = self.exchange(s, msg, range, &mut decided, probe);
+        // Verdicts read before a reply out of step are trusted only when
+        // that was seen before the next command went out (lock-step).
+        let trusted = match &result {
+            Err(Stop::OutOfStep(_)) => !s.offers.pipelining,
+            _ => true,
+        };
+        if trusted {
+            for (i, status, text) in decided {
+                if let Some(o) = out.get_mut(i) {
+                    *o = Some(Outcome::new(status, text, s.conn.relay.clone()));
                 }
-                // RFC 5321 4.5.3.1.10: 552 to RCPT is "too many recipients"
-                // from older servers, to be treated as temporary.
-                (4, _) | (_, 552) => Status::Deferred,
-                (5, _) => Status::Failed,
-                _ => return Err(unexpected(&relay, "RCPT TO", &r)),
-            };
-            if let Some(o) = out.get_mut(i) {
-                *o = outcome(status, &r);
             }
         }
-        if accepted.is_empty() {
-            return reset(&mut s.conn, t.command);
+        result
+    }
+
+    /// The conversation of one transaction; each verdict is pushed to
+    /// `decided` as (recipient index, status, reply) when its reply is read.
+    fn exchange(
+        &self,
+        s: &mut Session,
+        msg: &Outgoing<'_>,
+        range: std::ops::Range<usize>,
+        decided: &mut Vec<(usize, Status, String)>,
+        probe: bool,
+    ) -> Result<(), Stop> {
+        let t = self.timeouts;
+        let pipelined = s.offers.pipelining;
+        let relay = s.conn.relay.clone();
+        let steps = self.steps(s, msg, range.clone(), probe);
+        let mut refused = false;
+        let mut accepted = Vec::new();
+        let mut data_reply = None;
+        let mut sent = 0;
+        let mut next = 0;
+        while let Some((step, _)) = steps.get(next) {
+            let step = *step;
+            if next == sent {
+                if refused {
+                    // Nothing more is sent after a refused MAIL FROM.
+                    break;
+                }
+                sent = send_window(&mut s.conn, &steps, next, pipelined, t.command)?;
+            }
+            next += 1;
+            let r = match s.conn.reply(step.what(), t.command) {
+                Ok(r) => r,
+                Err(_) if step == Step::Probe => return Err(Stop::Stale),
+                Err(b) => return Err(Stop::Broken(b)),
+            };
+            match step {
+                Step::Probe if r.class() == 2 => {}
+                Step::Probe => return Err(Stop::Stale),
+                Step::Mail => {
+                    let status = match (r.class(), r.code) {
+                        (2, _) => continue,
+                        (4, _) | (_, 530) => Status::Deferred,
+                        (5, _) => Status::Failed,
+                        _ => return Err(Stop::OutOfStep(unexpected(&relay, "MAIL FROM", &r))),
+                    };
+                    refused = true;
+                    decided.extend(range.clone().map(|i| (i, status, r.text.clone())));
+                }
+                // Whatever the server says to RCPT after refusing MAIL FROM
+                // (503, normally) changes nothing.
+                Step::Rcpt(_) if refused => {}
+                Step::Rcpt(i) => {
+                    let status = match (r.class(), r.code) {
+                        (2, _) => {
+                            accepted.push(i);
+                            continue;
+                        }
+                        // RFC 5321 4.5.3.1.10: 552 to RCPT is "too many
+                        // recipients" from older servers, to be treated as
+                        // temporary.
+                        (4, _) | (_, 552) => Status::Deferred,
+                        (5, _) => Status::Failed,
+                        _ => return Err(Stop::OutOfStep(unexpected(&relay, "RCPT TO", &r))),
+                    };
+                    decided.push((i, status, r.text));
+                }
+                Step::Data => data_reply = Some(r),
+            }
         }
-        let r = s.conn.command("DATA", "sending DATA", t.command)?;
+        if pipelined && s.conn.has_unread() {
+            let (b, closing) = s.conn.unsolicited("reading the replies to the pipelined commands");
+            return Err(if closing { Stop::Broken(b) } else { Stop::OutOfStep(b) });
+        }
+        if refused || accepted.is_empty() {
+            // RFC 2920 3.1: a DATA accepted although no recipient was gets
+            // a lone dot, so that nothing is sent; then the transaction is
+            // reset.
+            if let Some(r) = data_reply {
+                match r.class() {
+                    3 if r.code == 354 => end_empty_data(&mut s.conn, t.data)?,
+                    4 | 5 => {}
+                    _ => return Err(Stop::OutOfStep(unexpected(&relay, "DATA", &r))),
+                }
+            }
+            if refused && !pipelined {
+                return Ok(());
+            }
+            return reset(&mut s.conn, t.command).map_err(Stop::Broken);
+        }
+        let r = match data_reply {
+            Some(r) => r,
+            None => s.conn.command("DATA", Step::Data.what(), t.command)?,
+        };
         if r.code != 354 {
             let status = match r.class() {
                 4 => Status::Deferred,
                 5 => Status::Failed,
-                _ => return Err(unexpected(&relay, "DATA", &r)),
+                _ => return Err(Stop::OutOfStep(unexpected(&relay, "DATA", &r))),
             };
-            for &i in &accepted {
-                if let Some(o) = out.get_mut(i) {
-                    *o = outcome(status, &r);
-                }
-            }
-            return reset(&mut s.conn, t.command);
+            decided.extend(accepted.iter().map(|&i| (i, status, r.text.clone())));
+            return reset(&mut s.conn, t.command).map_err(Stop::Broken);
         }
         send_message(&mut s.conn, msg, t.data)?;
         let r = s.conn.read_reply("waiting for the reply to the end of the message")?;
@@ -555,17 +636,141 @@ impl Smtp {
             2 => Status::Sent,
             4 => Status::Deferred,
             5 => Status::Failed,
-            _ => return Err(unexpected(&relay, "the end of the message", &r)),
+            _ => return Err(Stop::OutOfStep(unexpected(&relay, "the end of the message", &r))),
         };
-        for &i in &accepted {
-            if let Some(o) = out.get_mut(i) {
-                *o = outcome(status, &r);
-            }
-        }
+        decided.extend(accepted.iter().map(|&i| (i, status, r.text.clone())));
         // 421 after the data: the verdict stands (4xx), but the server is
         // closing, so the connection must not be reused.
-        if r.code == 421 { Err(Broken(r.text)) } else { Ok(()) }
+        if r.code == 421 { Err(Stop::Broken(Broken(r.text))) } else { Ok(()) }
     }
+
+    /// The commands of one transaction with their lines (without CRLF).
+    fn steps(
+        &self,
+        s: &Session,
+        msg: &Outgoing<'_>,
+        range: std::ops::Range<usize>,
+        probe: bool,
+    ) -> Vec<(Step, String)> {
+        let mut steps = Vec::with_capacity(range.len().saturating_add(3));
+        if probe {
+            steps.push((Step::Probe, "RSET".to_owned()));
+        }
+        let mut mail = format!("MAIL FROM:<{}>", msg.sender.as_str());
+        if s.offers.size {
+            mail.push_str(&format!(" SIZE={}", size_estimate(msg)));
+        }
+        steps.push((Step::Mail, mail));
+        for i in range {
+            if let Some(rcpt) = msg.recipients.get(i) {
+                steps.push((Step::Rcpt(i), format!("RCPT TO:<{rcpt}>")));
+            }
+        }
+        if s.offers.pipelining {
+            steps.push((Step::Data, "DATA".to_owned()));
+        }
+        steps
+    }
+}
+
+/// The commands of a transaction, in the order they are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// RSET before a transaction on a kept connection: shows that the
+    /// connection is still alive before anything depends on it.
+    Probe,
+    Mail,
+    /// RCPT TO for the recipient of this index.
+    Rcpt(usize),
+    /// DATA as the last command of a pipelined group.
+    Data,
+}
+
+impl Step {
+    /// What the client was doing, for the reasons given when it fails.
+    fn what(self) -> &'static str {
+        match self {
+            Step::Probe => "sending RSET",
+            Step::Mail => "sending MAIL FROM",
+            Step::Rcpt(_) => "sending RCPT TO",
+            Step::Data => "sending DATA",
+        }
+    }
+}
+
+/// Why a transaction ended early.
+#[derive(Debug)]
+enum Stop {
+    /// The kept connection failed its RSET: nothing was started on it, and
+    /// a new one may be used instead.
+    Stale,
+    /// The connection is gone (lost, timed out, 421).
+    Broken(Broken),
+    /// The replies no longer match the commands (a reply nobody asked for,
+    /// or one that makes no sense where it came).
+    OutOfStep(Broken),
+}
+
+impl From<Broken> for Stop {
+    fn from(b: Broken) -> Stop {
+        Stop::Broken(b)
+    }
+}
+
+impl Stop {
+    /// The reason for the recipients left unfinished.
+    fn reason(self) -> String {
+        match self {
+            Stop::Stale => "the connection was lost while idle".to_owned(),
+            Stop::Broken(b) | Stop::OutOfStep(b) => b.0,
+        }
+    }
+}
+
+/// Write the commands of `steps` from `from` on: one in lock-step, else as
+/// many as fit in [`GROUP_BYTES`] (at least one). Returns the index after
+/// the last one written.
+fn send_window(
+    conn: &mut Conn,
+    steps: &[(Step, String)],
+    from: usize,
+    pipelined: bool,
+    timeout: Duration,
+) -> Result<usize, Stop> {
+    let first = steps.get(from).map_or(Step::Mail, |(step, _)| *step);
+    if conn.has_unread() {
+        // Every command sent so far has had its reply: what waits is a
+        // reply out of step, or the server closing (421).
+        let (b, closing) = conn.unsolicited(first.what());
+        return Err(match (first, closing) {
+            (Step::Probe, _) => Stop::Stale,
+            (_, true) => Stop::Broken(b),
+            (_, false) => Stop::OutOfStep(b),
+        });
+    }
+    let mut bytes = Vec::new();
+    let mut end = from;
+    while let Some((_, line)) = steps.get(end) {
+        if end > from && (!pipelined || bytes.len().saturating_add(line.len()).saturating_add(2) > GROUP_BYTES) {
+            break;
+        }
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+        end += 1;
+    }
+    match conn.send(&bytes, first.what(), timeout) {
+        Ok(()) => Ok(end),
+        Err(_) if first == Step::Probe => Err(Stop::Stale),
+        Err(b) => Err(Stop::Broken(b)),
+    }
+}
+
+/// End a DATA that the server accepted with no recipient: a lone dot, and
+/// its reply, which decides nothing.
+fn end_empty_data(conn: &mut Conn, timeout: Duration) -> Result<(), Broken> {
+    const WHAT: &str = "ending a message without recipients";
+    conn.send(b".\r\n", WHAT, timeout)?;
+    conn.reply(WHAT, timeout).map(drop)
 }
 
 /// What the EHLO reply offers. A reply smtp-proto cannot parse offers
@@ -577,6 +782,7 @@ fn offers(r: &Reply) -> Offers {
             auth: if e.has_capability(smtp_proto::EXT_AUTH) { e.auth() } else { 0 },
             size: e.has_capability(smtp_proto::EXT_SIZE),
             size_limit: e.size as u64,
+            pipelining: e.has_capability(smtp_proto::EXT_PIPELINING),
         },
         Err(_) => Offers::default(),
     }
@@ -639,49 +845,94 @@ fn send_message(conn: &mut Conn, msg: &Outgoing<'_>, timeout: Duration) -> Resul
     }
 }
 
+/// Why the message cannot go to this relay at all: larger than the fixed
+/// limit its EHLO reply announced.
+fn too_large(s: &Session, msg: &Outgoing<'_>) -> Option<String> {
+    let estimate = size_estimate(msg);
+    (s.offers.size_limit > 0 && estimate > s.offers.size_limit).then(|| {
+        format!(
+            "552 5.3.4 message size {estimate} exceeds the fixed maximum message size of {} bytes of {}",
+            s.offers.size_limit, s.conn.relay
+        )
+    })
+}
+
+/// Give every recipient not yet decided this outcome.
+fn fill(out: &mut [Option<Outcome>], status: Status, why: &str, relay: &str) {
+    for o in out.iter_mut().filter(|o| o.is_none()) {
+        *o = Some(Outcome::new(status, why.to_owned(), relay.to_owned()));
+    }
+}
+
+/// The outcomes, a recipient left without one deferred.
+fn finished(out: Vec<Option<Outcome>>, relay: &str) -> Vec<Outcome> {
+    out.into_iter()
+        .map(|o| o.unwrap_or_else(|| Outcome::new(Status::Deferred, "no reply for this recipient", relay.to_owned())))
+        .collect()
+}
+
 impl Transport for Smtp {
     fn deliver(&mut self, msg: &Outgoing<'_>) -> Vec<Outcome> {
         if msg.recipients.is_empty() {
             return Vec::new();
         }
-        let mut s = match self.session() {
-            Ok(s) => s,
-            Err((why, relay)) => return Outcome::all(msg, Status::Deferred, &why, &relay),
+        let (mut s, mut probe) = match self.session.take() {
+            Some(s) => (s, true),
+            None => match self.open() {
+                Ok(s) => (s, false),
+                Err((why, relay)) => return Outcome::all(msg, Status::Deferred, &why, &relay),
+            },
         };
-        let relay = s.conn.relay.clone();
-        let estimate = size_estimate(msg);
-        if s.offers.size_limit > 0 && estimate > s.offers.size_limit {
-            let why = format!(
-                "552 5.3.4 message size {estimate} exceeds the fixed maximum message size of {} bytes of {relay}",
-                s.offers.size_limit
-            );
+        if let Some(why) = too_large(&s, msg) {
+            let relay = s.conn.relay.clone();
             // Nothing was started: the session stays usable.
             self.session = Some(s);
             return Outcome::all(msg, Status::Failed, &why, &relay);
         }
         let n = msg.recipients.len();
         let mut out: Vec<Option<Outcome>> = vec![None; n];
+        let mut relay = s.conn.relay.clone();
         let mut alive = true;
         let mut start = 0;
         while start < n {
             let end = start.saturating_add(self.max_rcpt).min(n);
-            if let Err(Broken(why)) = self.transaction(&mut s, msg, start..end, &mut out) {
-                self.breaker.failure(&s.target, &why);
-                for o in out.iter_mut().filter(|o| o.is_none()) {
-                    *o = Some(Outcome::new(Status::Deferred, why.clone(), relay.clone()));
+            match self.transaction(&mut s, msg, start..end, &mut out, probe) {
+                Ok(()) => {}
+                Err(Stop::Stale) if probe => {
+                    // The kept connection died while idle (or the server
+                    // changed its mind about us): start over, once.
+                    probe = false;
+                    match self.open() {
+                        Ok(fresh) => s = fresh,
+                        Err((why, last)) => {
+                            fill(&mut out, Status::Deferred, &why, &last);
+                            return finished(out, &last);
+                        }
+                    }
+                    relay = s.conn.relay.clone();
+                    if let Some(why) = too_large(&s, msg) {
+                        fill(&mut out, Status::Failed, &why, &relay);
+                        self.session = Some(s);
+                        return finished(out, &relay);
+                    }
+                    continue;
                 }
-                alive = false;
-                break;
+                Err(stop) => {
+                    let why = stop.reason();
+                    self.breaker.failure(&s.target, &why);
+                    fill(&mut out, Status::Deferred, &why, &relay);
+                    alive = false;
+                    break;
+                }
             }
+            probe = false;
             start = end;
         }
         if alive {
             self.breaker.success(&s.target);
             self.session = Some(s);
         }
-        out.into_iter()
-            .map(|o| o.unwrap_or_else(|| Outcome::new(Status::Deferred, "no reply for this recipient", relay.clone())))
-            .collect()
+        finished(out, &relay)
     }
 
     fn close(&mut self) {
@@ -710,11 +961,14 @@ mod tests {
                 starttls: true,
                 auth: smtp_proto::AUTH_LOGIN | smtp_proto::AUTH_PLAIN,
                 size: true,
-                size_limit: 10_240_000
+                size_limit: 10_240_000,
+                pipelining: true,
             }
         );
         let o = offers(&reply("250-relay.example\r\n250 SIZE\r\n"));
         assert_eq!(o, Offers { size: true, ..Offers::default() });
+        let o = offers(&reply("250-relay.example\r\n250 pipelining\r\n"));
+        assert_eq!(o, Offers { pipelining: true, ..Offers::default() });
         assert_eq!(offers(&reply("250 relay.example\r\n")), Offers::default());
         assert_eq!(offers(&reply("250 relay.example\n")), Offers::default());
     }
