@@ -314,7 +314,9 @@ enum Writer {
     Gone { _lock: Flock<File> },
     /// Holds its lock, or the file is too new to tell.
     Alive,
-    /// The file cannot be opened or locked (not a regular file).
+    /// The file cannot be opened or locked: not a regular file, or (in a
+    /// development spool whose owner is in the helper's group) not
+    /// readable by the queue owner.
     Unknown,
 }
 
@@ -362,8 +364,8 @@ pub fn sweep_tmp(store: &Store, s: &Settings) -> TmpSweep {
 fn sweep_tmp_file(store: &Store, s: &Settings, name: &str, t: u64) -> Option<u64> {
     let shown = escape(name.as_bytes());
     let st = store.stat(Queue::Tmp, name).ok()?;
-    let changed = u64::try_from(st.st_mtime.max(st.st_ctime)).unwrap_or(0);
-    let age = t.saturating_sub(u64::try_from(st.st_mtime).unwrap_or(0));
+    let changed = u64::try_from(st.st_mtime).unwrap_or(0);
+    let age = t.saturating_sub(changed);
     let bytes = u64::try_from(st.st_size).unwrap_or(0);
     let kind = classify_tmp(store, &s.limits, name);
     if kind == TmpFile::AlreadyInNew {
