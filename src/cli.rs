@@ -102,7 +102,7 @@ pub struct WhereArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub place: WhereArgs,
-    /// Only entries in this state: new, active, deferred, hold, failed, corrupt.
+    /// Only entries in this state: new, active, deferred, hold, failed, corrupt; or tmp (files not yet committed).
     #[arg(long, value_name = "STATE")]
     pub state: Option<String>,
     /// One JSON document instead of lines.

@@ -27,7 +27,7 @@ pub const RUNNER_KEYS: &[(&str, &str)] = &[
     ("minimal_backoff_time", "shortest wait before a retry"),
     ("maximal_backoff_time", "longest wait before a retry"),
     ("maximal_queue_lifetime", "age after which undelivered recipients fail"),
-    ("tmp_max_age", "age after which an uncommitted file in tmp/ is removed"),
+    ("tmp_max_age", "age after which an unlockable file in tmp/ is removed"),
     ("failed_max_age", "age after which a failed entry is removed"),
     ("max_rcpt_per_transaction", "most recipients in one SMTP transaction"),
     ("connections", "parallel deliveries"),

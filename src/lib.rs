@@ -57,7 +57,10 @@ fn place(w: &cli::WhereArgs) -> ops::Where {
 
 fn state_arg(s: &str) -> Result<queue::store::Queue, error::Error> {
     ops::inventory::parse_state(s).ok_or_else(|| {
-        error::Error::usage(format!("unknown state {s:?}"), "use new, active, deferred, hold, failed or corrupt")
+        error::Error::usage(
+            format!("unknown state {s:?}"),
+            "use new, active, deferred, hold, failed, corrupt (or tmp with list)",
+        )
     })
 }
 
@@ -88,6 +91,11 @@ fn control(w: &cli::IdsArgs, action: ops::control::Action) -> Result<ExitCode, e
 fn operate(cmd: cli::Command) -> Result<ExitCode, error::Error> {
     use ops::control::Action;
     match cmd {
+        cli::Command::List(a) if a.state.as_deref() == Some("tmp") => {
+            let o = ops::open(&place(&a.place))?;
+            ops::leftovers::run(&o, a.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         cli::Command::List(a) => {
             let state = a.state.as_deref().map(state_arg).transpose()?;
             let o = ops::open(&place(&a.place))?;

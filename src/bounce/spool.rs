@@ -23,7 +23,7 @@ use std::os::unix::fs::FileExt;
 use std::time::SystemTime;
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, RenameFlags, openat, renameat2};
+use nix::fcntl::{Flock, FlockArg, OFlag, RenameFlags, openat, renameat2};
 use nix::sys::stat::{Mode, fchmod, fstat};
 use nix::unistd::{Uid, UnlinkatFlags, User, fsync, geteuid, unlinkat};
 use outq_spool::address::{Mailbox, Sender};
@@ -38,7 +38,9 @@ use crate::queue::store::{Queue, Store};
 struct Temp<'a> {
     store: &'a Store,
     id: QueueId,
-    file: File,
+    /// Locked like the helper's files, so that a sweep of `tmp/` never
+    /// takes a notice being written for an abandoned one.
+    file: Flock<File>,
     committed: bool,
 }
 
@@ -78,7 +80,14 @@ fn create(store: &Store) -> Result<Temp<'_>, String> {
             Err(Errno::EEXIST) => continue,
             Err(e) => return Err(sys("create a file in tmp/", e)),
         };
-        let temp = Temp { store, id, file: File::from(fd), committed: false };
+        let file = match Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock) {
+            Ok(f) => f,
+            Err((_, e)) => {
+                let _ = store.unlink(Queue::Tmp, id.as_str());
+                return Err(sys("lock the new file in tmp/", e));
+            }
+        };
+        let temp = Temp { store, id, file, committed: false };
         fchmod(temp.file.as_fd(), mode).map_err(|e| sys("set the mode of the new file", e))?;
         let st = fstat(temp.file.as_fd()).map_err(|e| sys("examine the new file", e))?;
         if !outq_spool::fs::is_regular(&st) || st.st_nlink != 1 || st.st_uid != geteuid().as_raw() {

@@ -18,6 +18,7 @@ the runner carries out when the attempt ends), and every move is a rename.
 
 pub mod control;
 pub mod inventory;
+pub mod leftovers;
 pub mod list;
 pub mod show;
 pub mod status;

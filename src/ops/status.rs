@@ -142,7 +142,9 @@ pub fn run(o: &super::Opened, json: bool, limits: Option<&Thresholds>) -> Result
         spool: o.store.root.display().to_string(),
         runner_running: holder.is_some(),
         runner_pid: holder.flatten(),
-        states: VISIBLE.iter().map(|&q| stats(&o.store, q, t)).collect(),
+        // tmp/ first: files being written, or left by helpers that died
+        // (reclaimed at the next queue run).
+        states: std::iter::once(Queue::Tmp).chain(VISIBLE).map(|q| stats(&o.store, q, t)).collect(),
     };
     let mut out = std::io::stdout().lock();
     if json {

@@ -221,6 +221,9 @@ impl Store {
             let name = ent.file_name();
             match name.to_bytes() {
                 b"." | b".." => {}
+                // The helper's per-account ledgers live in tmp/; they are
+                // not entries (outq-spool(5)).
+                bytes if q == Queue::Tmp && bytes.starts_with(outq_spool::layout::SHARE_LEDGER_PREFIX.as_bytes()) => {}
                 bytes => match std::str::from_utf8(bytes) {
                     Ok(s) => names.push(s.to_owned()),
                     Err(_) => raw_names.push((name.to_owned(), ent.ino())),

@@ -485,10 +485,15 @@ impl Runner {
         let flush_watch = inotify
             .add_watch(&self.store.root.join(outq_spool::layout::LOCK), AddWatchFlags::IN_ATTRIB)
             .map_err(watch_fail)?;
+        // A helper that finds too little free space sets the times of tmp/
+        // (an attribute change of the root's child `tmp`): reclaim it now.
+        let root_watch = inotify.add_watch(&self.store.root, AddWatchFlags::IN_ATTRIB).map_err(watch_fail)?;
+        let mut last_tmp_sweep: Option<Instant> = None;
         let mut next_pass = Instant::now();
         loop {
             if Instant::now() >= next_pass {
                 recover::sweep(&self.store, &self.settings);
+                last_tmp_sweep = Some(Instant::now());
                 self.pass(true);
                 next_pass = Instant::now() + self.settings.runner.queue_run_interval;
             }
@@ -516,12 +521,25 @@ impl Runner {
                 }
             }
             if new_ready {
-                let mut flush = false;
+                let (mut flush, mut low_space) = (false, false);
                 while let Ok(events) = inotify.read_events() {
                     if events.is_empty() {
                         break;
                     }
                     flush |= events.iter().any(|e| e.wd == flush_watch);
+                    low_space |= events.iter().any(|e| {
+                        e.wd == root_watch && e.name.as_deref() == Some(std::ffi::OsStr::new(outq_spool::layout::TMP))
+                    });
+                }
+                // A queue run starts with a sweep of tmp/: every flush, and
+                // a helper's low-space call, at most once a second.
+                let recent = last_tmp_sweep.is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+                if (flush || low_space) && !recent {
+                    if low_space {
+                        logging::info("a helper found the spool short of space: sweeping tmp/");
+                    }
+                    recover::sweep_tmp(&self.store, &self.settings);
+                    last_tmp_sweep = Some(Instant::now());
                 }
                 if flush {
                     logging::info("flush requested");

@@ -11,10 +11,15 @@ Start-up recovery and periodic maintenance, done while holding the lock.
   short by a reboot (the entry went into `active/` before this boot) is
   not counted: a power cut is not the message's fault, and counting it
   would hold mail after three power cuts.
-- A complete, committed entry in `tmp/` (mode 0404, trailer intact) is a
-  submission whose rename into `new/` was lost: it is moved to `new/`.
-  Other files in `tmp/` older than `tmp_max_age` are writes a killed
-  helper never committed: removed. See [`classify_tmp`].
+- Files in `tmp/` (see [`sweep_tmp`]): the helper holds an exclusive
+  `flock` on its file for as long as it lives, and the kernel releases it
+  when the helper dies. A file whose lock can be taken has no writer any
+  more: a complete, committed entry (mode 0404, trailer intact) is a
+  submission whose rename into `new/` was lost, and is moved to `new/`;
+  anything else is a write its helper never finished, and is removed at
+  once, whatever its age. A file whose writer still holds its lock is left
+  alone until `tmp_max_age` (a helper stopped with `SIGSTOP` must not hold
+  its space for ever). See [`classify_tmp`].
 - Entries in `failed/` older than `failed_max_age` are removed.
 - State files whose entry is nowhere, and temporary state files left by a
   crash, are removed.
@@ -25,10 +30,14 @@ Every removal is logged with its reason. Every move is durable
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::fd::AsFd;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag, openat};
+use nix::sys::stat::{Mode, fstat};
 use outq_spool::entry::Limits;
 use outq_spool::log::escape;
 
@@ -213,9 +222,7 @@ pub fn sweep(store: &Store, s: &Settings) {
     let old = |q: Queue, name: &str, max: u64| -> bool {
         store.stat(q, name).map(|st| t.saturating_sub(u64::try_from(st.st_mtime).unwrap_or(0)) > max).unwrap_or(false)
     };
-    for name in store.list(Queue::Tmp).unwrap_or_default() {
-        sweep_tmp_file(store, s, &name, t);
-    }
+    sweep_tmp(store, s);
     for name in store.list(Queue::Failed).unwrap_or_default() {
         // Age counts from the failure: the state file's mtime is set then.
         let failed_at = store.due_time(&name);
@@ -290,27 +297,93 @@ pub fn classify_tmp(store: &Store, limits: &Limits, name: &str) -> TmpFile {
 }
 
 /// Seconds after its last change before a committed-looking file in
-/// `tmp/` is taken for stranded: the helper renames it well within this
-/// after setting its final mode. A file last changed before this boot is
-/// stranded at once (no writer survives a reboot).
+/// `tmp/` that cannot be locked is taken for stranded (a file a helper
+/// wrote can always be locked; this covers the others). A file last
+/// changed before this boot is stranded at once (no writer survives a
+/// reboot).
 const TMP_COMMITTED_GRACE: u64 = 300;
 
-fn sweep_tmp_file(store: &Store, s: &Settings, name: &str, t: u64) {
+/// A file changed less than this long ago is left for the next pass even
+/// when its lock is free: a helper locks its file just after creating it,
+/// and this covers that instant.
+const TMP_LOCK_GRACE: u64 = 2;
+
+/// Whether the writer of `tmp/NAME` is still there.
+enum Writer {
+    /// Gone: its lock is ours until this is dropped.
+    Gone { _lock: Flock<File> },
+    /// Holds its lock, or the file is too new to tell.
+    Alive,
+    /// The file cannot be opened or locked: not a regular file, or (in a
+    /// development spool whose owner is in the helper's group) not
+    /// readable by the queue owner.
+    Unknown,
+}
+
+fn writer_of(store: &Store, name: &str, changed: u64, t: u64) -> Writer {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let Ok(fd) = openat(store.dir(Queue::Tmp).as_fd(), name, flags, Mode::empty()) else { return Writer::Unknown };
+    if !fstat(fd.as_fd()).is_ok_and(|st| outq_spool::fs::is_regular(&st)) {
+        return Writer::Unknown;
+    }
+    if t.saturating_sub(changed) < TMP_LOCK_GRACE {
+        return Writer::Alive;
+    }
+    match Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Writer::Gone { _lock: lock },
+        Err((_, Errno::EWOULDBLOCK)) => Writer::Alive,
+        Err(_) => Writer::Unknown,
+    }
+}
+
+/// What [`sweep_tmp`] reclaimed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TmpSweep {
+    pub removed: usize,
+    pub bytes: u64,
+}
+
+/// Reclaim `tmp/` (see the module's documentation); every removal and move
+/// is logged with its reason.
+pub fn sweep_tmp(store: &Store, s: &Settings) -> TmpSweep {
+    let t = now();
+    let mut done = TmpSweep::default();
+    for name in store.list(Queue::Tmp).unwrap_or_default() {
+        if let Some(bytes) = sweep_tmp_file(store, s, &name, t) {
+            done.removed += 1;
+            done.bytes = done.bytes.saturating_add(bytes);
+        }
+    }
+    if done.removed > 0 {
+        logging::info(&format!("tmp/: reclaimed {} abandoned file(s), {} bytes", done.removed, done.bytes));
+    }
+    done
+}
+
+/// One file of `tmp/`; the bytes it freed when it was removed.
+fn sweep_tmp_file(store: &Store, s: &Settings, name: &str, t: u64) -> Option<u64> {
     let shown = escape(name.as_bytes());
-    let Ok(st) = store.stat(Queue::Tmp, name) else { return };
+    let st = store.stat(Queue::Tmp, name).ok()?;
     let changed = u64::try_from(st.st_mtime).unwrap_or(0);
     let age = t.saturating_sub(changed);
-    match classify_tmp(store, &s.limits, name) {
-        TmpFile::AlreadyInNew => {
-            if store.unlink_durably(Queue::Tmp, name).is_ok() {
-                logging::info(&format!("{shown}: removed from tmp/: the same file is in new/ (interrupted rename)"));
-            }
+    let bytes = u64::try_from(st.st_size).unwrap_or(0);
+    let kind = classify_tmp(store, &s.limits, name);
+    if kind == TmpFile::AlreadyInNew {
+        if store.unlink_durably(Queue::Tmp, name).is_ok() {
+            logging::info(&format!("{shown}: removed from tmp/: the same file is in new/ (interrupted rename)"));
         }
-        TmpFile::Committed => {
-            let stranded = before_boot(st.st_mtime, boot_time());
-            if !stranded && age <= TMP_COMMITTED_GRACE {
-                return;
-            }
+        return None;
+    }
+    // Held until the end of this function: no writer can come back.
+    let writer = writer_of(store, name, changed, t);
+    match (kind, &writer) {
+        (TmpFile::Committed, Writer::Alive) => None,
+        (TmpFile::Committed, Writer::Unknown)
+            if !before_boot(st.st_mtime, boot_time()) && age <= TMP_COMMITTED_GRACE =>
+        {
+            None
+        }
+        (TmpFile::Committed, _) => {
             match store.rename_durably(Queue::Tmp, Queue::New, name) {
                 Ok(()) => logging::warning(&format!(
                     "{shown}: moved from tmp/ to new/: a complete entry whose commit (rename) was lost"
@@ -318,12 +391,23 @@ fn sweep_tmp_file(store: &Store, s: &Settings, name: &str, t: u64) {
                 Err(Errno::EEXIST) => quarantine(store, Queue::Tmp, name, "a complete entry whose ID is taken in new/"),
                 Err(e) => logging::warning(&format!("{shown}: cannot move from tmp/ to new/: {}", e.desc())),
             }
+            None
         }
-        TmpFile::Uncommitted => {
-            if age > s.runner.tmp_max_age.as_secs() && store.unlink_durably(Queue::Tmp, name).is_ok() {
-                logging::info(&format!("{shown}: removed from tmp/: never committed (older than tmp_max_age)"));
-            }
+        (_, Writer::Gone { .. }) => {
+            store.unlink_durably(Queue::Tmp, name).ok()?;
+            logging::info(&format!(
+                "{shown}: removed from tmp/: never committed; its writer (uid {}) is gone ({bytes} bytes)",
+                st.st_uid
+            ));
+            Some(bytes)
         }
+        (_, Writer::Alive | Writer::Unknown) if age > s.runner.tmp_max_age.as_secs() => {
+            store.unlink_durably(Queue::Tmp, name).ok()?;
+            let why = if matches!(writer, Writer::Alive) { "its writer still holds it" } else { "not lockable" };
+            logging::info(&format!("{shown}: removed from tmp/: never committed, {why}, older than tmp_max_age"));
+            Some(bytes)
+        }
+        _ => None,
     }
 }
 

@@ -133,6 +133,11 @@ fn crash_committed_entry_left_in_tmp_is_delivered_once() {
 fn crash_committed_entry_in_tmp_while_its_writer_may_live_is_left() {
     let (dev, server, id) = setup(&[A]);
     mv(&dev, &id, "new", "tmp");
+    // A live writer holds the file's lock (the helper between its last
+    // write and its rename).
+    set_old(&path(&dev, "tmp", &id));
+    let file = std::fs::File::open(path(&dev, "tmp", &id)).unwrap();
+    let _writer = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
     let (log, _) = dev.run_once();
     assert!(path(&dev, "tmp", &id).exists(), "{log}");
     assert!(accepted(&server).is_empty());

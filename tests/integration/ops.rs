@@ -1071,7 +1071,8 @@ fn ops_status_reports_the_queue_and_its_runner() {
     let r = fx.op(&["status"]);
     r.assert_code(0);
     assert_eq!(r.stdout.lines().next(), Some(format!("spool {spool}: runner running (pid {pid})").as_str()));
-    assert_eq!(r.stdout.lines().count(), 7, "{}", r.stdout);
+    assert_eq!(r.stdout.lines().count(), 8, "{}", r.stdout);
+    assert_eq!(status_row(&r.stdout, "tmp"), (0, 0, "-".to_owned()));
     let (n, bytes, oldest) = status_row(&r.stdout, "deferred");
     assert_eq!((n, bytes), (1, size("deferred", &a)));
     assert!(oldest.ends_with('s'), "{oldest}");
@@ -1085,7 +1086,7 @@ fn ops_status_reports_the_queue_and_its_runner() {
     assert_eq!((doc["spool"].as_str(), doc["runner_running"].as_bool()), (Some(spool.as_str()), Some(true)));
     assert_eq!(doc["runner_pid"].as_u64(), Some(pid as u64));
     let states: Vec<&str> = doc["states"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
-    assert_eq!(states, ["new", "active", "deferred", "hold", "failed", "corrupt"]);
+    assert_eq!(states, ["tmp", "new", "active", "deferred", "hold", "failed", "corrupt"]);
     let d = status_state(&doc, "deferred");
     assert_eq!(keys(d), ["bytes", "count", "oldest_age", "state"]);
     assert_eq!((d["count"].as_u64(), d["bytes"].as_u64()), (Some(1), Some(size("deferred", &a))));
@@ -1097,7 +1098,7 @@ fn ops_status_reports_the_queue_and_its_runner() {
     let r = fx.op(&["status", "--warn-age", "1h", "--crit-age", "2h"]);
     r.assert_code(0);
     assert!(r.stdout.starts_with("OUTQ OK - 2 queued, oldest "), "{}", r.stdout);
-    assert!(r.stdout.contains(", runner running | new=0 active=0 deferred=1 hold=1 failed=0 corrupt=0 oldest="));
+    assert!(r.stdout.contains(", runner running | tmp=0 new=0 active=0 deferred=1 hold=1 failed=0 corrupt=0 oldest="));
     assert_eq!(r.stdout.lines().count(), 1);
 
     // Older than the thresholds (the oldest is at least 2 s old).

@@ -886,3 +886,157 @@ fn root_running_the_helper_holds_no_capabilities() {
     let m = std::fs::symlink_metadata(path).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, fx.acc.group.gid, 0o404));
 }
+
+// ---------------------------------------------------------------------------
+// Leftovers of killed helpers (tmp/): reclaimed by the kernel's lock, and
+// each account's share of the spool (submit_share).
+
+impl Fixture {
+    /// `outq run --once` as the queue owner, delivering into a Maildir of
+    /// its own; the runner's log.
+    fn run_once(&self) -> Ran {
+        let outq = self.bin_dir.path().join("outq");
+        if !outq.exists() && std::fs::hard_link(bin("outq"), &outq).is_err() {
+            std::fs::copy(bin("outq"), &outq).unwrap();
+        }
+        let mut c = as_user(&self.acc.owner, &[], &outq);
+        c.args(["run", "--once", "--log", "stderr"]);
+        run_timeout(c, b"", Duration::from_secs(120))
+    }
+
+    /// The configuration with a Maildir relay owned by the queue owner.
+    fn write_runner_config(&self, extra: &str) {
+        let home = self.spool.parent().unwrap().join("owner-home");
+        if !home.exists() {
+            std::fs::create_dir(&home).unwrap();
+            std::os::unix::fs::chown(&home, Some(self.acc.owner.uid), Some(self.acc.owner.gid)).unwrap();
+        }
+        self.write_config(&format!("relay = maildir:{}/Maildir\n{extra}", home.display()));
+    }
+}
+
+#[test]
+fn two_hundred_killed_helpers_are_all_reclaimed_by_the_next_run() {
+    if !privileged("two_hundred_killed_helpers_are_all_reclaimed_by_the_next_run") {
+        return;
+    }
+    const HELPERS: usize = 200;
+    const PART: usize = 20 * 1024;
+    let fx = Fixture::new();
+    fx.write_runner_config("message_size_limit = 1000000\n");
+    let body = message(PART);
+    let mut runs: Vec<Running> = (0..HELPERS)
+        .map(|_| {
+            let mut c = fx.helper_as(&fx.acc.caller, &[]);
+            c.arg("a@example.org");
+            let mut r = Running::spawn(c);
+            r.feed(&body);
+            r
+        })
+        .collect();
+    let tmp = fx.spool.join("tmp");
+    let written = wait_until(Duration::from_secs(120), || {
+        let names = fx.names("tmp");
+        names.len() == HELPERS
+            && names.iter().all(|n| std::fs::metadata(tmp.join(n)).map(|m| m.len()).unwrap_or(0) >= PART as u64)
+    });
+    assert!(written, "{} of {HELPERS} helpers wrote {PART} bytes", fx.names("tmp").len());
+    for r in &mut runs {
+        r.child.kill().unwrap();
+        let (status, _, _) = r.finish();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    }
+    assert_eq!(fx.names("tmp").len(), HELPERS, "the killed helpers' files");
+    // Past the instant a new file is left alone in, whatever tmp_max_age.
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = fx.run_once();
+    r.assert_code(0);
+    assert_eq!(fx.names("tmp"), Vec::<String>::new(), "left in tmp/ after the run:\n{}", r.stderr);
+    assert_eq!(fx.names("new"), Vec::<String>::new());
+    let reclaimed =
+        r.stderr.lines().filter(|l| l.contains("removed from tmp/: never committed; its writer (uid")).count();
+    assert_eq!(reclaimed, HELPERS, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("tmp/: reclaimed {HELPERS} abandoned file(s)")), "{}", r.stderr);
+}
+
+#[test]
+fn a_slow_live_writer_is_not_touched_and_commits_afterwards() {
+    if !privileged("a_slow_live_writer_is_not_touched_and_commits_afterwards") {
+        return;
+    }
+    let fx = Fixture::new();
+    fx.write_runner_config("");
+    let body = message(64 * 1024);
+    let mut c = fx.helper_as(&fx.acc.caller, &[]);
+    c.arg("a@example.org");
+    let mut run = Running::spawn(c);
+    run.feed(&body[..16 * 1024]);
+    let partial = fx.wait_blocked_in_read(run.pid(), 16 * 1024);
+    std::thread::sleep(Duration::from_millis(2100));
+    // `outq list --state tmp` shows it, owner and all, as being written.
+    let owner = fx.bin_dir.path().join("outq");
+    let r = fx.run_once();
+    r.assert_code(0);
+    assert!(partial.exists(), "the runner removed a live writer's file:\n{}", r.stderr);
+    let mut c = as_user(&fx.acc.owner, &[], &owner);
+    c.args(["list", "--state", "tmp"]);
+    let l = run_timeout(c, b"", TIMEOUT);
+    l.assert_code(0);
+    let name = partial.file_name().unwrap().to_string_lossy().into_owned();
+    let line = l.stdout.lines().find(|x| x.starts_with(&name)).unwrap_or_else(|| panic!("{}", l.stdout));
+    assert!(line.contains(&format!("uid={} ({})", fx.acc.caller.uid, fx.acc.caller.name)), "{line}");
+    assert!(line.ends_with(" writing"), "{line}");
+    let mut c = as_user(&fx.acc.owner, &[], &owner);
+    c.args(["status"]);
+    let s = run_timeout(c, b"", TIMEOUT);
+    assert!(s.stdout.lines().any(|x| x.starts_with("tmp ") && x.contains(" 1 entries")), "{}", s.stdout);
+    run.feed(&body[16 * 1024..]);
+    run.close_stdin();
+    let (status, out, err) = run.finish();
+    assert_eq!(status.code(), Some(0), "{out} {err}");
+    let r = Ran { code: status.code(), stdout: out, stderr: err };
+    fx.the_entry("slow writer", &r.queue_id());
+}
+
+#[test]
+fn a_caller_over_its_share_gets_75_while_another_still_submits() {
+    if !privileged("a_caller_over_its_share_gets_75_while_another_still_submits") {
+        return;
+    }
+    let fx = Fixture::new();
+    // Two messages being written use up the share: each may still grow to
+    // message_size_limit.
+    fx.write_runner_config("message_size_limit = 40000\nsubmit_share = 100000\n");
+    let mut writers: Vec<Running> = (0..2)
+        .map(|_| {
+            let mut c = fx.helper_as(&fx.acc.caller, &[]);
+            c.arg("a@example.org");
+            let mut r = Running::spawn(c);
+            r.feed(b"Subject: slow\n\n");
+            r
+        })
+        .collect();
+    assert!(wait_until(TIMEOUT, || fx.names("tmp").len() == 2), "{:?}", fx.names("tmp"));
+    let r = fx.submit(&fx.acc.caller, &["a@example.org"], b"Subject: third\n\nbody\n");
+    assert_eq!(r.code, Some(75), "{r:?}");
+    r.assert_one_error_line();
+    r.assert_stderr_contains("would exceed submit_share (100000 bytes)");
+    assert_eq!(fx.names("new"), Vec::<String>::new());
+    // Another account is not affected.
+    let r = fx.submit(&fx.acc.second, &["a@example.org"], b"Subject: other\n\nbody\n");
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(fx.names("new").len(), 1);
+    // Killed, the writers hold their share until the runner reclaims their
+    // files; then the caller submits again.
+    for w in &mut writers {
+        w.child.kill().unwrap();
+        w.finish();
+    }
+    let r = fx.submit(&fx.acc.caller, &["a@example.org"], b"Subject: third\n\nbody\n");
+    assert_eq!(r.code, Some(0), "abandoned files count only their size: {r:?}");
+    std::thread::sleep(Duration::from_millis(2100));
+    fx.run_once().assert_code(0);
+    assert_eq!(fx.names("tmp"), Vec::<String>::new());
+    let r = fx.submit(&fx.acc.caller, &["a@example.org"], b"Subject: fourth\n\nbody\n");
+    assert_eq!(r.code, Some(0), "{r:?}");
+}

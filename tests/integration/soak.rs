@@ -247,9 +247,15 @@ fn head_of(path: &Path, n: u64) -> Option<Vec<u8>> {
     Some(v)
 }
 
+/// The names in a spool directory, without the helper's per-account
+/// ledgers of `tmp/` (`.share.UID`), which are not entries.
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with(outq_spool::layout::SHARE_LEDGER_PREFIX))
+            .collect(),
         Err(_) => Vec::new(),
     };
     v.sort();

@@ -122,9 +122,15 @@ impl DevSpool {
     }
 }
 
+/// The names in a spool directory, sorted; the helper's per-account
+/// ledgers in `tmp/` (`.share.UID`, see `submit_share`) are not entries
+/// and are left out.
 pub fn list(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(outq_spool::layout::SHARE_LEDGER_PREFIX))
+        .collect();
     v.sort();
     v
 }

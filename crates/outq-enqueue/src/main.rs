@@ -10,6 +10,7 @@ else. Read in this order:
 - [`startup`]: hardening against the caller, in the order SECURITY.md lists;
 - [`spool`]: finding and verifying the spool through descriptors;
 - [`policy`]: who may submit, and the envelope;
+- [`share`]: the account's share of the spool (`submit_share`);
 - [`write`]: creating, streaming and committing the entry;
 - [`failure`]: the one error type and how it is shown.
 */
@@ -18,6 +19,7 @@ else. Read in this order:
 mod args;
 mod failure;
 mod policy;
+mod share;
 mod spool;
 mod startup;
 mod write;
@@ -46,8 +48,9 @@ fn run() -> Result<(), failure::Failure> {
     let dirs = spool::open(&args, &cfg, &env)?;
     let caller = policy::authorize(&cfg, &env, args.sender.is_none())?;
     let envelope = policy::envelope(&args, &cfg, &caller)?;
-    spool::check_free_space(&dirs, &cfg)?;
-    let (id, size) = write::submit(&dirs, &cfg, &env, &caller, &envelope)?;
+    let fs_size = spool::check_free_space(&dirs, &cfg)?;
+    let ledger = share::check(&dirs, &cfg, &env, fs_size)?;
+    let (id, size) = write::submit(&dirs, &cfg, &env, &caller, &envelope, ledger)?;
     write::announce(&id, size, &caller, &envelope, &env);
     Ok(())
 }

@@ -165,17 +165,37 @@ fn open_drop_dir(root: &OwnedFd, root_shown: &str, name: &str, owner: Uid, env: 
 }
 
 /// Refuse when the spool's filesystem has less than `spool_min_free` bytes
-/// available to unprivileged users.
-pub fn check_free_space(dirs: &Dirs, cfg: &Config) -> Result<(), Failure> {
+/// available to unprivileged users. Returns the file system's size (for
+/// `submit_share`).
+pub fn check_free_space(dirs: &Dirs, cfg: &Config) -> Result<u64, Failure> {
     let vfs = nix::sys::statvfs::fstatvfs(dirs.tmp.as_fd()).map_err(|e| {
         Failure::temp(format!("cannot read free space of the spool: {}", e.desc()), "check the spool filesystem")
     })?;
     let avail = fs::available_bytes(&vfs);
     if avail < cfg.spool_min_free {
+        wake_sweep();
         return Err(Failure::temp(
             format!("spool filesystem has {avail} bytes free, below spool_min_free ({})", cfg.spool_min_free),
             "free disk space on the spool's filesystem",
         ));
     }
-    Ok(())
+    Ok(fs::total_bytes(&vfs))
+}
+
+/// Ask the runner to reclaim `tmp/` now: set the times of `tmp/` itself,
+/// which the runner watches (`IN_ATTRIB` on the directory). The group may
+/// do that because it may write `tmp/`; it changes nothing else, and the
+/// runner rate-limits the sweeps it triggers. Failure is ignored: the
+/// runner's next queue run sweeps anyway. The working directory is the
+/// spool root (see [`open`]).
+fn wake_sweep() {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let _ = utimensat(
+        nix::fcntl::AT_FDCWD,
+        layout::TMP,
+        &TimeSpec::UTIME_NOW,
+        &TimeSpec::UTIME_NOW,
+        UtimensatFlags::NoFollowSymlink,
+    );
 }

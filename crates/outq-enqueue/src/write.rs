@@ -2,9 +2,13 @@
 Writing one entry: create in `tmp/`, stream, commit into `new/`.
 
 1. A fresh queue ID names `tmp/ID`, created with
-   `O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC` and mode 0600; the new file is
-   checked on its descriptor (regular, one link, our uid and the spool's
-   group).
+   `O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC` and mode 0404, and locked with
+   `flock(LOCK_EX)` for as long as the helper lives: the runner removes a
+   file in `tmp/` as soon as it can take that lock, because its writer is
+   then dead (killed, or gone without cleaning up). The new file is checked
+   on its descriptor after the lock (regular, one link, our uid and the
+   spool's group): a file the runner removed in the instant between
+   creation and lock has no link left and is refused (75).
 2. The header is written with a zero size, then standard input is copied in
    64 KiB pieces (constant memory), refusing NUL bytes and anything past
    `message_size_limit`; then the trailer, then the real size in place.
@@ -22,8 +26,8 @@ Writing one entry: create in `tmp/`, stream, commit into `new/`.
    DURABILITY.
 
 Any failure or termination signal before step 3 unlinks `tmp/ID`; SIGKILL
-can only leave a file in `tmp/`, which the runner removes after
-`tmp_max_age`.
+can only leave an unlocked file in `tmp/`, which the runner removes at its
+next queue run.
 */
 #![forbid(unsafe_code)]
 
@@ -32,7 +36,7 @@ use std::os::unix::fs::FileExt;
 use std::time::SystemTime;
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, RenameFlags, openat, renameat2};
+use nix::fcntl::{Flock, FlockArg, OFlag, RenameFlags, openat, renameat2};
 use nix::sys::stat::{Mode, fchmod, fstat};
 use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
 use outq_spool::config::Config;
@@ -51,11 +55,12 @@ use crate::startup::Env;
 
 const CHUNK: usize = 64 * 1024;
 
-/// A temporary file in `tmp/` that is removed unless committed.
+/// A temporary file in `tmp/`, locked while we live, removed unless
+/// committed.
 struct TempEntry<'a> {
     dir: &'a OwnedFd,
     id: QueueId,
-    file: std::fs::File,
+    file: Flock<std::fs::File>,
     committed: bool,
 }
 
@@ -111,7 +116,15 @@ fn create<'a>(dirs: &'a Dirs, env: &Env, now: SystemTime) -> Result<TempEntry<'a
             Err(Errno::EEXIST) => continue,
             Err(e) => return Err(io_failure("creating the queue file", e)),
         };
-        let entry = TempEntry { dir: &dirs.tmp, id, file: std::fs::File::from(fd), committed: false };
+        let file = match Flock::lock(std::fs::File::from(fd), FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => locked,
+            Err((file, e)) => {
+                drop(file);
+                let _ = unlinkat(dirs.tmp.as_fd(), id.as_str(), UnlinkatFlags::NoRemoveDir);
+                return Err(io_failure("locking the queue file", e));
+            }
+        };
+        let entry = TempEntry { dir: &dirs.tmp, id, file, committed: false };
         verify_created(&entry, env)?;
         return Ok(entry);
     }
@@ -191,9 +204,15 @@ pub fn submit(
     env: &Env,
     caller: &Caller,
     envelope: &Envelope,
+    ledger: Option<crate::share::Ledger>,
 ) -> Result<(QueueId, u64), Failure> {
     let now = SystemTime::now();
     let mut entry = create(dirs, env, now)?;
+    // Recorded while the file exists and is locked: concurrent helpers of
+    // the same account count it from now on.
+    if let Some(ledger) = ledger {
+        ledger.record(&entry.id);
+    }
     let arrival = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let header = Header {
         id: entry.id.clone(),

@@ -81,6 +81,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("max_recipients", "most recipients accepted for one message"),
     ("submit_users", "who may submit: anyone, or user names and @groups"),
     ("spool_min_free", "bytes that must stay free on the spool's filesystem"),
+    ("submit_share", "most of the spool one account may hold in tmp/ and new/: N% of the filesystem, bytes, or 0"),
     ("queue_user", "the account that owns the spool and runs the runner"),
     ("setgid_group", "the helper's dedicated group"),
 ];
@@ -113,6 +114,9 @@ pub struct Config {
     pub max_recipients: usize,
     pub submit_users: SubmitUsers,
     pub spool_min_free: u64,
+    /// Most of the spool one submitting account may hold in `tmp/` and
+    /// `new/` together.
+    pub submit_share: Share,
     pub queue_user: String,
     pub setgid_group: String,
     /// Keys this crate does not interpret (the runner's, or typos), with
@@ -133,6 +137,7 @@ impl Default for Config {
             max_recipients: DEFAULT_MAX_RECIPIENTS,
             submit_users: SubmitUsers::Anyone,
             spool_min_free: DEFAULT_SPOOL_MIN_FREE,
+            submit_share: Share::Percent(DEFAULT_SUBMIT_SHARE_PERCENT),
             queue_user: DEFAULT_QUEUE_USER.into(),
             setgid_group: DEFAULT_SETGID_GROUP.into(),
             other: BTreeMap::new(),
@@ -187,6 +192,53 @@ fn parse_number(line: usize, key: &str, value: &str) -> Result<u64, SyntaxError>
         return Err(err(line, format!("{key} must be greater than 0")));
     }
     Ok(n)
+}
+
+/// Default `submit_share`: a quarter of the spool's file system.
+pub const DEFAULT_SUBMIT_SHARE_PERCENT: u8 = 25;
+
+/// A limit relative to the spool's file system, or absolute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// No limit (`0`).
+    Off,
+    /// Percent (1 to 100) of the file system's size.
+    Percent(u8),
+    Bytes(u64),
+}
+
+impl Share {
+    /// The limit in bytes on a file system of `total` bytes.
+    pub fn bytes(self, total: u64) -> Option<u64> {
+        match self {
+            Share::Off => None,
+            Share::Percent(p) => Some(total / 100 * u64::from(p)),
+            Share::Bytes(b) => Some(b),
+        }
+    }
+}
+
+impl std::fmt::Display for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Share::Off => write!(f, "0 (off)"),
+            Share::Percent(p) => write!(f, "{p}%"),
+            Share::Bytes(b) => write!(f, "{b} bytes"),
+        }
+    }
+}
+
+fn parse_share(line: usize, value: &str) -> Result<Share, SyntaxError> {
+    if value == "0" {
+        return Ok(Share::Off);
+    }
+    match value.strip_suffix('%') {
+        Some(p) => match p.parse::<u8>() {
+            Ok(n) if (1..=100).contains(&n) && p.bytes().all(|b| b.is_ascii_digit()) => Ok(Share::Percent(n)),
+            _ => Err(err(line, "submit_share must be a percentage from 1% to 100%, a number of bytes, or 0")),
+        },
+        None => parse_number(line, "submit_share", value).map(Share::Bytes),
+    }
 }
 
 fn is_account_name(s: &str) -> bool {
@@ -296,6 +348,7 @@ fn apply(cfg: &mut Config, line: usize, key: &str, value: &str) -> Result<(), Sy
             // 0 is allowed here: it turns the reserve off.
             cfg.spool_min_free = if value == "0" { 0 } else { parse_number(line, key, value)? };
         }
+        "submit_share" => cfg.submit_share = parse_share(line, value)?,
         "queue_user" | "setgid_group" => {
             if !is_account_name(value) {
                 return Err(err(line, format!("{key} must be an account name")));

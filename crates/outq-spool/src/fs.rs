@@ -328,3 +328,9 @@ pub fn read_all_sized(fd: OwnedFd, limit: u64, expected: u64) -> std::io::Result
 pub fn available_bytes(vfs: &nix::sys::statvfs::Statvfs) -> u64 {
     u64::from(vfs.blocks_available()).saturating_mul(u64::from(vfs.fragment_size()))
 }
+
+/// The size of a filesystem in bytes.
+#[allow(clippy::useless_conversion)] // the field types differ between platforms
+pub fn total_bytes(vfs: &nix::sys::statvfs::Statvfs) -> u64 {
+    u64::from(vfs.blocks()).saturating_mul(u64::from(vfs.fragment_size()))
+}

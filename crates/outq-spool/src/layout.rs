@@ -82,8 +82,17 @@ pub const ROOT_DIR_MODE: u32 = 0o755;
 /// owner nor group member, reads it through the directory it owns. Nobody may
 /// write it.
 pub const ENTRY_MODE: u32 = 0o404;
-/// Mode of an entry while the helper writes it in `tmp/`.
-pub const TMP_ENTRY_MODE: u32 = 0o600;
+/// Names in `tmp/` that are not entries but the per-account ledgers of
+/// `submit_share` (`tmp/.share.UID`, see outq-enqueue's `share` module).
+pub const SHARE_LEDGER_PREFIX: &str = ".share.";
+
+/// Mode of an entry while the helper writes it in `tmp/`: the committed
+/// mode from the start, so that the queue owner can open a file in `tmp/`
+/// to test the writer's lock (`flock`: held while a writer lives, released
+/// by the kernel when it dies). Nobody else can reach `tmp/` to read it:
+/// others have no search permission there, and the helper's group gets the
+/// file's group bits, which are 0.
+pub const TMP_ENTRY_MODE: u32 = 0o404;
 
 /// The spool, in creation order (parents before children).
 pub const PARTS: [Part; 10] = [

@@ -1,0 +1,158 @@
+/*!
+The per-account share of the spool (`submit_share`): one caller may not
+hold more than that in `tmp/` and `new/` together, so that one account,
+compromised or buggy, cannot bring every other caller to the free-space
+limit.
+
+The helper's group may not list `tmp/` or `new/`, so each account has a
+ledger, `tmp/.share.UID`: the queue IDs it submitted that may still be in
+`tmp/` or `new/`, one per line. Under an exclusive `flock` on the ledger,
+the helper
+
+1. looks each recorded ID up by name (`new/ID`, then `tmp/ID`): an entry
+   in `new/` counts its size; a file in `tmp/` whose writer still holds its
+   lock counts `message_size_limit` (it may grow to that), an abandoned one
+   its size (the runner reclaims it at its next queue run); an ID found in
+   neither has been picked up or removed and is dropped from the ledger;
+2. refuses (75, naming `submit_share`) when that sum plus
+   `message_size_limit` for the new message is over the share;
+3. creates and locks its own `tmp/ID` and records ID, then releases the
+   ledger.
+
+Concurrent helpers of one account thus each see the others' files, and the
+account's total stays under its share. The ledger is owned by the account
+(mode 0600) and reachable only through `tmp/`, which only the group and
+the queue owner can search; a ledger owned by anyone else (planted by a
+holder of the group) is not trusted: the limit is not applied and the
+helper says so in the log. The name comes from the kernel's uid, never
+from the caller. Nothing in the ledger is needed for delivery: lost or
+damaged, it only resets the account's count.
+*/
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, openat};
+use nix::sys::stat::{Mode, fstat, fstatat};
+use outq_spool::config::Config;
+use outq_spool::fs;
+use outq_spool::log;
+use outq_spool::queue_id::QueueId;
+
+use crate::failure::Failure;
+use crate::spool::Dirs;
+use crate::startup::Env;
+
+/// Most IDs a ledger keeps: past that, the account has this many messages
+/// waiting, which means the runner is not draining the queue.
+const MAX_RECORDS: usize = 10_000;
+
+/// Largest ledger read: MAX_RECORDS lines of a queue ID and a newline.
+const MAX_LEDGER: u64 = 64 * MAX_RECORDS as u64;
+
+/// An account's ledger, locked.
+pub struct Ledger {
+    file: Flock<File>,
+    ids: Vec<String>,
+}
+
+fn name_for(uid: u32) -> String {
+    format!("{}{uid}", outq_spool::layout::SHARE_LEDGER_PREFIX)
+}
+
+/// The bytes `id` holds in the spool now, or `None` when it is gone.
+fn held(dirs: &Dirs, id: &str, size_limit: u64) -> Option<u64> {
+    let size = |st: &nix::sys::stat::FileStat| u64::try_from(st.st_size).unwrap_or(0);
+    if let Ok(st) = fstatat(dirs.new.as_fd(), id, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        return Some(size(&st));
+    }
+    let st = fstatat(dirs.tmp.as_fd(), id, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let live = match openat(dirs.tmp.as_fd(), id, flags, Mode::empty()) {
+        Ok(fd) => matches!(Flock::lock(File::from(fd), FlockArg::LockSharedNonblock), Err((_, Errno::EWOULDBLOCK))),
+        Err(_) => false,
+    };
+    Some(if live { size(&st).max(size_limit) } else { size(&st) })
+}
+
+fn over_share(limit: u64, used: u64) -> Failure {
+    Failure::temp(
+        format!("your messages waiting in the spool ({used} bytes) would exceed submit_share ({limit} bytes)"),
+        "wait until the queue runner has taken them, or raise submit_share in outq.conf",
+    )
+}
+
+/// Open and lock the caller's ledger and check its share; `None` when no
+/// share applies. `total` is the spool file system's size.
+pub fn check(dirs: &Dirs, cfg: &Config, env: &Env, total: u64) -> Result<Option<Ledger>, Failure> {
+    let Some(limit) = cfg.submit_share.bytes(total) else { return Ok(None) };
+    let uid = env.euid.as_raw();
+    let name = name_for(uid);
+    let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let fd: OwnedFd = match openat(dirs.tmp.as_fd(), name.as_str(), flags, Mode::from_bits_truncate(0o600)) {
+        Ok(fd) => fd,
+        Err(e) => return Err(ledger_failure(&name, e)),
+    };
+    let st = fstat(fd.as_fd()).map_err(|e| ledger_failure(&name, e))?;
+    if !fs::is_regular(&st) || st.st_uid != env.euid.as_raw() || st.st_nlink != 1 {
+        log::warning(&format!(
+            "tmp/{name} is not this account's ledger (owner uid {}); submit_share not applied",
+            st.st_uid
+        ));
+        return Ok(None);
+    }
+    let file = Flock::lock(File::from(fd), FlockArg::LockExclusive).map_err(|(_, e)| ledger_failure(&name, e))?;
+    let mut text = String::new();
+    // A damaged ledger only resets the count.
+    let _ = (&*file).take(MAX_LEDGER).read_to_string(&mut text);
+    let mut ids = Vec::new();
+    let mut used = 0u64;
+    for line in text.lines() {
+        if QueueId::parse(line).is_none() {
+            continue;
+        }
+        if let Some(bytes) = held(dirs, line, cfg.message_size_limit) {
+            used = used.saturating_add(bytes);
+            ids.push(line.to_owned());
+        }
+    }
+    if ids.len() >= MAX_RECORDS || used.saturating_add(cfg.message_size_limit) > limit {
+        // Keep what was pruned: the next call reads less.
+        let mut ledger = Ledger { file, ids };
+        ledger.write();
+        return Err(over_share(limit, used));
+    }
+    Ok(Some(Ledger { file, ids }))
+}
+
+fn ledger_failure(name: &str, e: Errno) -> Failure {
+    Failure::temp(
+        format!("cannot use the spool's ledger tmp/{name}: {}", e.desc()),
+        "check the spool with 'outq check'",
+    )
+}
+
+impl Ledger {
+    /// Record `id` (its file exists and is locked) and release the ledger.
+    pub fn record(mut self, id: &QueueId) {
+        self.ids.push(id.as_str().to_owned());
+        self.write();
+    }
+
+    fn write(&mut self) {
+        let mut text = String::with_capacity(self.ids.len() * 27);
+        for id in &self.ids {
+            text.push_str(id);
+            text.push('\n');
+        }
+        // Failures leave an older ledger: it only undercounts until the
+        // next submission prunes it again.
+        let f: &mut File = &mut self.file;
+        let _ = f.set_len(0);
+        let _ = f.rewind();
+        let _ = f.write_all(text.as_bytes());
+    }
+}
