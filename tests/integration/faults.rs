@@ -35,7 +35,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls::ServerConfig;
-use rustls::pki_types::PrivateKeyDer;
 
 use crate::smtp_server::{Act, Opts, Server, pki, rcpt_by_local_part};
 use crate::support::{Ran, bin, list, run_timeout};
@@ -931,25 +930,6 @@ fn runner_log_stderr_carries_transport_warnings() {
 // Operating against relays: `outq check --relay`, `outq check --send`,
 // `outq status` and failed entries, and the circuit breaker of a pass.
 
-/// A self-signed CA certificate for 127.0.0.1 that the server presents as
-/// its own: trusted through `tls_ca_file`, refused as an end entity.
-fn ca_as_end_entity() -> (String, Arc<ServerConfig>) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "outq self-signed relay");
-    let cert = ca.self_signed(&key).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
-        .unwrap();
-    (cert.pem(), Arc::new(server))
-}
-
 impl Dev {
     /// `outq check --relay` (and `extra`) as the runner's account: its
     /// standard output.
@@ -1020,7 +1000,7 @@ fn check_relay_reports_reachable_refusing_wrong_password_and_a_ca_as_end_entity(
     assert!(r.stdout.contains("(fix: check relay= (host and port)"), "{}", r.stdout);
 
     // A self-signed CA certificate presented as the server's own.
-    let (self_signed, tls) = ca_as_end_entity();
+    let (self_signed, tls) = crate::smtp_server::ca_as_end_entity();
     let server = Server::start(tls_opts(tls));
     let ca = dev.public_file("self-signed.pem", &self_signed).display().to_string();
     dev.configure(&server.url(), &[("starttls", "required"), ("tls_ca_file", ca.as_str())]);

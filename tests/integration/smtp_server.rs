@@ -557,7 +557,6 @@ pub fn rcpt_by_local_part(line: &str) -> Act {
 /// signed for 127.0.0.1 and localhost.
 pub fn pki() -> (String, Arc<ServerConfig>) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-    use rustls::pki_types::PrivateKeyDer;
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -568,6 +567,25 @@ pub fn pki() -> (String, Arc<ServerConfig>) {
     let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
     leaf.distinguished_name.push(DnType::CommonName, "localhost");
     let cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    (ca_cert.pem(), server_config(&cert, &key))
+}
+
+/// A self-signed CA certificate for 127.0.0.1 (PEM) that the server
+/// presents as its own: trusted through `tls_ca_file`, yet refused by a
+/// client as an end entity.
+pub fn ca_as_end_entity() -> (String, Arc<ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "outq self-signed relay");
+    let cert = ca.self_signed(&key).unwrap();
+    (cert.pem(), server_config(&cert, &key))
+}
+
+/// A server configuration presenting `cert`.
+fn server_config(cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> Arc<ServerConfig> {
+    use rustls::pki_types::PrivateKeyDer;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -575,5 +593,5 @@ pub fn pki() -> (String, Arc<ServerConfig>) {
         .with_no_client_auth()
         .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
         .unwrap();
-    (ca_cert.pem(), Arc::new(server))
+    Arc::new(server)
 }
