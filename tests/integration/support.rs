@@ -214,7 +214,7 @@ pub fn root_cmd(program: &str, args: &[&str]) {
 }
 
 /// Run a command, ignoring failure (cleanup, where panicking would abort).
-fn root_cmd_quiet(program: &str, args: &[&str]) -> bool {
+pub fn root_cmd_quiet(program: &str, args: &[&str]) -> bool {
     Command::new(program)
         .args(args)
         .stdin(Stdio::null())

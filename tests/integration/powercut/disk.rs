@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::cache::CacheDisk;
-use crate::support::root_cmd;
+use crate::support::{root_cmd, root_cmd_quiet};
 
 /// The file systems the power cuts run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -68,7 +68,7 @@ impl LoopDev {
 impl Drop for LoopDev {
     fn drop(&mut self) {
         for _ in 0..50 {
-            if quiet("losetup", &["-d", &self.dev]) {
+            if root_cmd_quiet("losetup", &["-d", &self.dev]) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -93,23 +93,13 @@ impl Drop for Mount {
     fn drop(&mut self) {
         let d = self.dir.display().to_string();
         for _ in 0..50 {
-            if quiet("umount", &[&d]) {
+            if root_cmd_quiet("umount", &[&d]) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        quiet("umount", &["-l", &d]);
+        root_cmd_quiet("umount", &["-l", &d]);
     }
-}
-
-fn quiet(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// The live disk: ext4 on a loop device whose backing file is the FUSE
