@@ -36,7 +36,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{
-    Account, PrivilegedLock, Ran, SystemConfig, TestAccounts, as_user, bin, install_helper, list, privileged,
+    Account, PrivilegedLock, Ran, SystemConfig, TestAccounts, as_user, install_helper, list, privileged,
     privileged_lock, root_tempdir, run_timeout, wait_until,
 };
 
@@ -310,9 +310,7 @@ impl Install {
         let acc = TestAccounts::create();
         let bin_dir = root_tempdir("oqt-bin-");
         let helper = install_helper(bin_dir.path(), "outq-enqueue", acc.group.gid, 0o2755);
-        let outq = bin_dir.path().join("outq");
-        std::fs::copy(bin("outq"), &outq).unwrap();
-        std::fs::set_permissions(&outq, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let outq = crate::support::install_outq(bin_dir.path());
         let spool_dir = root_tempdir("oqt-spool-");
         let spool = spool_dir.path().join("spool");
         // The Maildirs belong to the second test account.

@@ -32,7 +32,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::support::{
-    Account, PrivilegedLock, Ran, SystemConfig, TestAccounts, as_user, bin, install_helper, list, privileged,
+    Account, PrivilegedLock, Ran, SystemConfig, TestAccounts, as_user, install_helper, list, privileged,
     privileged_lock, root_tempdir, run_timeout, wait_timeout, wait_until,
 };
 
@@ -221,9 +221,7 @@ impl Ops {
         let acc = TestAccounts::create();
         let bin_dir = root_tempdir("oqt-ops-bin-");
         let helper = install_helper(bin_dir.path(), "outq-enqueue", acc.group.gid, 0o2755);
-        let outq = bin_dir.path().join("outq");
-        std::fs::copy(bin("outq"), &outq).unwrap();
-        std::fs::set_permissions(&outq, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let outq = crate::support::install_outq(bin_dir.path());
         let ctl = bin_dir.path().join("ctl");
         std::fs::create_dir(&ctl).unwrap();
         std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o755)).unwrap();

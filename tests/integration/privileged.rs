@@ -896,8 +896,8 @@ impl Fixture {
     /// its own; the runner's log.
     fn run_once(&self) -> Ran {
         let outq = self.bin_dir.path().join("outq");
-        if !outq.exists() && std::fs::hard_link(bin("outq"), &outq).is_err() {
-            std::fs::copy(bin("outq"), &outq).unwrap();
+        if !outq.exists() {
+            crate::support::install_outq(self.bin_dir.path());
         }
         let mut c = as_user(&self.acc.owner, &[], &outq);
         c.args(["run", "--once", "--log", "stderr"]);

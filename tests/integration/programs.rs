@@ -172,9 +172,7 @@ impl Setup {
         let acc = TestAccounts::create();
         let bin_dir = root_tempdir("oqt-bin-");
         let helper = install_helper(bin_dir.path(), "outq-enqueue", acc.group.gid, 0o2755);
-        let outq = bin_dir.path().join("outq");
-        std::fs::copy(bin("outq"), &outq).unwrap();
-        std::fs::set_permissions(&outq, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let outq = crate::support::install_outq(bin_dir.path());
         let spool_dir = root_tempdir("oqt-spool-");
         let spool = spool_dir.path().join("spool");
         let capture = Capture::start();

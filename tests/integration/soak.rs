@@ -72,7 +72,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -81,7 +80,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::support::{
-    Account, PrivilegedLock, SystemConfig, TestAccounts, as_user, bin, install_helper, privileged, privileged_lock,
+    Account, PrivilegedLock, SystemConfig, TestAccounts, as_user, install_helper, privileged, privileged_lock,
     root_cmd, root_tempdir,
 };
 
@@ -766,9 +765,7 @@ impl Install {
         let acc = TestAccounts::create();
         let bin_dir = root_tempdir("oqt-soak-bin-");
         let helper = install_helper(bin_dir.path(), "outq-enqueue", acc.group.gid, 0o2755);
-        let outq = bin_dir.path().join("outq");
-        std::fs::copy(bin("outq"), &outq).unwrap();
-        std::fs::set_permissions(&outq, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let outq = crate::support::install_outq(bin_dir.path());
         let mount = Mount::tmpfs(p.fs_mib);
         let spool = mount.path().join("spool");
         let config = SystemConfig::take();

@@ -335,6 +335,15 @@ pub fn install_helper(dir: &Path, name: &str, gid: u32, mode: u32) -> PathBuf {
     path
 }
 
+/// A copy of the built `outq` in `dir`, mode 0755, that every account
+/// can run (the build directory may not be reachable by test accounts).
+pub fn install_outq(dir: &Path) -> PathBuf {
+    let path = dir.join("outq");
+    std::fs::copy(bin("outq"), &path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 /// A root-owned 0755 temporary directory under /tmp.
 pub fn root_tempdir(prefix: &str) -> tempfile::TempDir {
     let dir = tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").unwrap();
