@@ -557,37 +557,51 @@ const HEADER: &str = "cuts acked lost dup-in dup-out stuck no-reason undone repo
 struct Inventory {
     places: HashMap<String, Vec<&'static str>>,
     reasons: HashMap<String, String>,
+    /// The names under which each ID was found (`ID` or `ID.N` in
+    /// `corrupt/`, `ID` in `tmp/`), for the notes.
+    names: HashMap<String, Vec<String>>,
+    /// `outq list --json` failed: its status and standard error.
+    list_failed: Option<String>,
 }
 
 fn inventory(rig: &Rig, spool: &Path, config: &Path) -> Inventory {
     let mut places: HashMap<String, Vec<&'static str>> = HashMap::new();
+    let mut names: HashMap<String, Vec<String>> = HashMap::new();
     for q in QUEUES {
         let entries: Vec<std::fs::DirEntry> =
             std::fs::read_dir(spool.join(q)).map(|rd| rd.filter_map(Result::ok).collect()).unwrap_or_default();
         for e in entries {
             let name = e.file_name().to_string_lossy().into_owned();
-            // tmp/ names carry a suffix after the ID.
-            places.entry(name.chars().take(26).collect()).or_default().push(q);
+            // A quarantined file may carry a suffix after the ID.
+            let id: String = name.chars().take(26).collect();
+            places.entry(id.clone()).or_default().push(q);
+            names.entry(id).or_default().push(format!("{q}/{name}"));
         }
     }
     let r = rig.outq(spool, config, &["list", "--json"]);
     let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or(serde_json::Value::Null);
-    let mut reasons = HashMap::new();
+    let list_failed = (r.code != Some(0) || doc.is_null()).then(|| format!("exit {:?}: {}", r.code, r.stderr.trim()));
+    let mut reasons: HashMap<String, String> = HashMap::new();
     for v in doc["entries"].as_array().cloned().unwrap_or_default() {
         let id = v["id"].as_str().unwrap_or("").to_owned();
         // A failed entry's reasons are its failed recipients' replies.
         let failed_reply = v["recipients"].as_array().and_then(|rs| {
             rs.iter().filter(|r| r["status"] == "failed").find_map(|r| r["reply"].as_str().filter(|s| !s.is_empty()))
         });
+        // A name with a suffix (corrupt/ID.1) counts for its ID.
+        let id: String = id.chars().take(26).collect();
         let reason = ["problem", "last_error", "hold_reason"]
             .iter()
             .find_map(|k| v[*k].as_str().filter(|s| !s.is_empty()))
             .or(failed_reply)
             .unwrap_or("")
             .to_owned();
-        reasons.insert(id, reason);
+        let known = reasons.entry(id).or_default();
+        if known.is_empty() {
+            *known = reason;
+        }
     }
-    Inventory { places, reasons }
+    Inventory { places, reasons, names, list_failed }
 }
 
 /// Boot the image of `cut`, drain it, count; `notes` gets one line per
@@ -626,6 +640,16 @@ fn recover(
         }
     }
     let inv = inventory(rig, &spool, &config);
+    if let Some(why) = &inv.list_failed {
+        c.no_reason += 1;
+        notes.push(format!(
+            "{} / {} / {} #{}: outq list --json failed: {why}",
+            fs.name(),
+            keep.name(),
+            cut.name,
+            cut.n
+        ));
+    }
     drop(relay);
     let after: Vec<String> = delivered.lock().unwrap().clone();
     let intents = ledger::intents(events, msgs, cut.n);
@@ -641,7 +665,8 @@ fn recover(
         let id = m.id.clone().unwrap_or_default();
         let places = inv.places.get(&id).cloned().unwrap_or_default();
         let reason = inv.reasons.get(&id).cloned().unwrap_or_default();
-        let here = format!("in {places:?}, reason {reason:?}");
+        let files = inv.names.get(&id).cloned().unwrap_or_default();
+        let here = format!("in {places:?} as {files:?}, reason {reason:?}");
         let post = |r: &String| after.iter().filter(|a| *a == r).count();
         let delivered_after: usize = m.rcpts.iter().map(post).sum();
         for r in &m.rcpts {
@@ -913,6 +938,11 @@ fn powercut() {
     let findings: Vec<&String> = tally.notes.iter().filter(|n| !n.starts_with("  runner log")).collect();
     for n in findings.iter().take(30) {
         say(n);
+    }
+    // The runner's logs of the first bad boots too: CI keeps only the
+    // terminal.
+    for l in tally.notes.iter().filter(|n| n.starts_with("  runner log")).take(2) {
+        say(&l.lines().take(80).collect::<Vec<_>>().join("\n"));
     }
     say(&format!("powercut: {} findings; all of them, with the runner's logs, in {}", findings.len(), log.display()));
     let total = tally.total();
