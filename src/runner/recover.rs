@@ -201,16 +201,45 @@ pub fn resolve_double_names(store: &Store) {
     }
 }
 
-/// Move a bad file to `corrupt/` and say why.
+/// Move a bad file to `corrupt/` and say why, in the log and in the
+/// state file of its name there, so that `outq list` and `outq show` give
+/// the reason even when the file looks valid by the time they read it.
 pub fn quarantine(store: &Store, from: Queue, name: &str, why: &str) {
     let shown = escape(name.as_bytes());
     match store.quarantine(from, name) {
-        Ok(to) => logging::warning(&format!(
-            "{shown}: moved from {}/ to corrupt/{}: {why}",
-            from.name(),
-            escape(to.as_bytes())
-        )),
+        Ok(to) => {
+            logging::warning(&format!(
+                "{shown}: moved from {}/ to corrupt/{}: {why}",
+                from.name(),
+                escape(to.as_bytes())
+            ));
+            record_quarantine(store, name, &to, why);
+        }
         Err(e) => logging::warning(&format!("{shown}: cannot quarantine ({}): {why}", e.desc())),
+    }
+}
+
+/// Write the reason of a quarantine into `state/TO`, keeping what the
+/// state of `name` says about its recipients (a requeue must not send
+/// again what was delivered). Nothing is written when another queue still
+/// holds an entry of that name (a duplicate ID from `tmp/`): that state
+/// is the other entry's.
+fn record_quarantine(store: &Store, name: &str, to: &str, why: &str) {
+    let live = [Queue::New, Queue::Active, Queue::Deferred, Queue::Hold, Queue::Failed];
+    if to == name && live.iter().any(|&q| store.stat(q, name).is_ok()) {
+        return;
+    }
+    let mut state = store.read_state(name).ok().flatten().unwrap_or_else(|| State::fresh(&[]));
+    state.last_error = format!("quarantined: {why}");
+    if state.next_attempt == 0 {
+        state.next_attempt = now();
+    }
+    if let Err(e) = store.write_state(to, &state) {
+        logging::warning(&format!(
+            "{}: cannot record the reason of its quarantine: {}",
+            escape(to.as_bytes()),
+            e.desc()
+        ));
     }
 }
 

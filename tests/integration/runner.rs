@@ -722,7 +722,24 @@ fn planted_files_in_new_are_quarantined_without_being_followed() {
     // Only the control message was delivered.
     let got: Vec<String> = deliveries(&mail).into_iter().map(|d| d.delivered_to).collect();
     assert_eq!(got, ["Delivered-To: control@example.org"], "{log}");
-    dev.assert_empty_but(&["corrupt"]);
+
+    // The reason stays with the entry: once the second link is gone the
+    // file looks valid again, and `outq list` still says why it is there.
+    std::fs::remove_file(outside.join("second-link")).unwrap();
+    let mut list = dev.outq(&["list", "--json", "--spool"]);
+    list.arg(&dev.spool).arg("--config").arg(&dev.config);
+    let r = dev.run(list);
+    r.assert_code(0);
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let listed = doc["entries"].as_array().unwrap();
+    assert_eq!(listed.len(), planted.len(), "{}", r.stdout);
+    let hardlink = listed.iter().find(|e| e["id"] == id["hardlink"].as_str()).unwrap();
+    assert_eq!(hardlink["problem"], serde_json::Value::Null, "{}", r.stdout);
+    assert_eq!(hardlink["last_error"], "quarantined: 2 hard links", "{}", r.stdout);
+    for e in listed {
+        assert!(e["last_error"].as_str().is_some_and(|l| l.starts_with("quarantined: ")), "{}", r.stdout);
+    }
+    dev.assert_empty_but(&["corrupt", "state"]);
 }
 
 // ---------------------------------------------------------------------------
