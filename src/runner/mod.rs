@@ -274,7 +274,16 @@ impl Runner {
     /// Most entries claimed at once: enough to keep every worker busy,
     /// few enough that a crash leaves little in `active/`.
     fn window(&self) -> usize {
-        self.settings.runner.connections.saturating_mul(2).max(2)
+        self.settings.runner.connections.saturating_mul(8).max(8)
+    }
+
+    /// Claims are made when no more than this many entries are in flight,
+    /// and then up to the window: each claim is a batch whose moves share
+    /// one flush of `active/` and of the directory they came from, instead
+    /// of a flush pair per message as each worker frees up, while every
+    /// worker still has entries waiting for it.
+    fn refill_at(&self) -> usize {
+        self.settings.runner.connections.saturating_mul(4).max(4)
     }
 
     /// Find work: everything in `new/`, and, when `deferred` is set,
@@ -331,6 +340,9 @@ impl Runner {
     /// delivery must find the entry in `active/` (recovered), never again
     /// in `new/` or `deferred/` beside a lost state.
     fn dispatch(&mut self) {
+        if self.in_flight.len() > self.refill_at() || self.ready.is_empty() {
+            return;
+        }
         let mut claimed = Vec::new();
         let store = self.store.clone();
         let mut moves = Moves::new(&store);
@@ -590,6 +602,10 @@ impl Runner {
 }
 
 /// Settle delivered entries' removals until `done`, then the last ones.
+/// How long the settling thread lets removals of delivered entries gather
+/// after a flush before it makes the next one.
+const SETTLE_GATHER: Duration = Duration::from_millis(5);
+
 fn settle_removals(store: &Store, done: &AtomicBool) {
     loop {
         let last = done.load(Ordering::SeqCst);
@@ -601,6 +617,14 @@ fn settle_removals(store: &Store, done: &AtomicBool) {
                 }
                 if last && ids.is_empty() {
                     return;
+                }
+                // Let the next removals gather: one flush of active/ then
+                // settles a batch rather than one or two deliveries. Nobody
+                // waits for it; a crash in between only widens the window
+                // in which a delivered entry may be sent again
+                // (outq-spool(5), DUPLICATES) by these milliseconds.
+                if !last && !ids.is_empty() {
+                    std::thread::sleep(SETTLE_GATHER);
                 }
             }
             Err(e) => {
