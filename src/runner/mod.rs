@@ -274,7 +274,7 @@ impl Runner {
     /// Most entries claimed at once: enough to keep every worker busy,
     /// few enough that a crash leaves little in `active/`.
     fn window(&self) -> usize {
-        self.settings.runner.connections.saturating_mul(8).max(8)
+        self.settings.runner.connections.saturating_mul(4).max(4)
     }
 
     /// Claims are made when no more than this many entries are in flight,
@@ -283,7 +283,7 @@ impl Runner {
     /// of a flush pair per message as each worker frees up, while every
     /// worker still has entries waiting for it.
     fn refill_at(&self) -> usize {
-        self.settings.runner.connections.saturating_mul(4).max(4)
+        self.settings.runner.connections.saturating_mul(2).max(2)
     }
 
     /// Find work: everything in `new/`, and, when `deferred` is set,
