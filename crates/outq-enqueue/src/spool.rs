@@ -91,7 +91,7 @@ fn misconfigured(e: FsError) -> Failure {
 
 /// Why the helper is not running with the spool's group.
 fn not_privileged(env: &Env, dir: &str, found: u32) -> Failure {
-    if env.no_new_privs {
+    if outq_spool::process::no_new_privs() {
         return Failure::temp(
             format!(
                 "not running set-group-ID: the no_new_privs flag is set, so the kernel ignored the set-group-ID bit ({dir} has group {found})"

@@ -23,7 +23,7 @@ environment or the command line.
 */
 #![forbid(unsafe_code)]
 
-use nix::unistd::{Gid, Uid, getegid, geteuid, getgid, getuid};
+use nix::unistd::{Gid, Uid, getresgid, getresuid};
 use outq_spool::exit::Code;
 use outq_spool::process;
 
@@ -38,8 +38,6 @@ pub const MAX_LIFETIME_SECS: u32 = 3600;
 pub struct Env {
     /// Started set-group-ID (`AT_SECURE`).
     pub secure: bool,
-    /// `no_new_privs` is set (the set-group-ID bit was ignored).
-    pub no_new_privs: bool,
     pub ruid: Uid,
     pub rgid: Gid,
     pub euid: Uid,
@@ -57,9 +55,12 @@ pub fn harden() -> Result<Env, Failure> {
     let closed = process::ensure_std_fds().map_err(|e| {
         Failure::temp(format!("cannot open /dev/null for a closed standard descriptor: {e}"), "check /dev/null")
     })?;
-    // Read before anything can change them.
-    let (secure, no_new_privs) = (process::is_secure(), process::no_new_privs());
-    let (ruid, rgid, euid, egid) = (getuid(), getgid(), geteuid(), getegid());
+    // Read before anything can change them. (`no_new_privs`, which only
+    // explains a missing group, is read when that diagnosis is made: the
+    // flag can be set but never cleared, and the helper never sets it.)
+    let secure = process::is_secure();
+    let (uids, gids) = ids()?;
+    let (ruid, rgid, euid, egid) = (uids.real, gids.real, uids.effective, gids.effective);
     process::clear_environment();
     process::set_umask(0o077);
     process::prepare_file_size_limit()
@@ -81,5 +82,13 @@ pub fn harden() -> Result<Env, Failure> {
     // A daemon or MDA may run with standard output or error closed; its
     // mail must not bounce for that. Both now lead to /dev/null, and every
     // outcome is also logged.
-    Ok(Env { secure, no_new_privs, ruid, rgid, euid, egid, signals, stdout_closed: closed.stdout })
+    Ok(Env { secure, ruid, rgid, euid, egid, signals, stdout_closed: closed.stdout })
+}
+
+/// Real, effective and saved ids, two system calls for the four ids.
+fn ids() -> Result<(nix::unistd::ResUid, nix::unistd::ResGid), Failure> {
+    let fail = |e: nix::errno::Errno| {
+        Failure::temp(format!("cannot read the process's ids: {}", e.desc()), "report this as a bug")
+    };
+    Ok((getresuid().map_err(fail)?, getresgid().map_err(fail)?))
 }
