@@ -10,12 +10,14 @@ a privileged test that runs the installed helper as a real user:
    channel for the queue ID or the refusal);
 2. the environment cleared;
 3. umask 077 (every file is also created and chmod-ed with an explicit mode);
-4. soft RLIMIT_FSIZE and RLIMIT_NOFILE raised to the hard limits, SIGXFSZ
-   ignored (an EFBIG write is then reported, not fatal);
+4. soft RLIMIT_FSIZE and RLIMIT_NOFILE raised to the hard limits (an
+   EFBIG write is reported, not fatal: SIGXFSZ is blocked in step 7);
 5. core dumps off and the process made non-dumpable;
 6. every capability dropped (root's would bypass the spool's permissions);
-7. signals: SIGPIPE ignored, termination signals blocked and read from a
-   signalfd, so an interrupted write removes its temporary file;
+7. signals: SIGPIPE and SIGXFSZ blocked, so never delivered (a write
+   that raises one fails with EPIPE or EFBIG, as if they were ignored);
+   termination signals blocked and read from a signalfd, so an
+   interrupted write removes its temporary file;
 8. an alarm bounds how long the helper waits for the message.
 
 The caller's identity comes from the kernel (real uid/gid), never from the
@@ -63,7 +65,7 @@ pub fn harden() -> Result<Env, Failure> {
     let (ruid, rgid, euid, egid) = (uids.real, gids.real, uids.effective, gids.effective);
     process::clear_environment();
     process::set_umask(0o077);
-    process::prepare_file_size_limit()
+    process::raise_file_size_limit()
         .map_err(|e| Failure::temp(format!("cannot adjust the file size limit: {e}"), "check the resource limits"))?;
     process::raise_open_files_limit()
         .map_err(|e| Failure::temp(format!("cannot adjust the open files limit: {e}"), "check the resource limits"))?;
@@ -73,7 +75,7 @@ pub fn harden() -> Result<Env, Failure> {
     // on; any other caller should hold none, and dropping is always allowed.
     process::clear_capabilities()
         .map_err(|e| Failure::temp(format!("cannot drop capabilities: {e}"), "report this as a bug"))?;
-    let signals = process::take_termination_signals()
+    let signals = process::take_termination_signals_blocking_write_signals()
         .map_err(|e| Failure::temp(format!("cannot set up signal handling: {e}"), "report this as a bug"))?;
     nix::unistd::alarm::set(MAX_LIFETIME_SECS);
     if closed.stdin {

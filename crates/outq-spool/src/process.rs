@@ -125,11 +125,11 @@ fn raise_to_hard(resource: Resource) -> io::Result<u64> {
     Ok(hard)
 }
 
-/// Raise the soft file-size limit to the hard one and ignore SIGXFSZ, so
-/// that a write past a limit the caller set fails with EFBIG, which is
-/// reported, instead of killing the process with a partial file.
-pub fn prepare_file_size_limit() -> io::Result<u64> {
-    sys::ignore_signals(&[libc::SIGXFSZ])?;
+/// Raise the soft file-size limit to the hard one. A write past the hard
+/// limit must then fail with EFBIG, which is reported, instead of killing
+/// the process with a partial file: SIGXFSZ must not be delivered, which
+/// [`take_termination_signals_blocking_write_signals`] sees to.
+pub fn raise_file_size_limit() -> io::Result<u64> {
     raise_to_hard(Resource::RLIMIT_FSIZE)
 }
 
@@ -184,12 +184,31 @@ pub enum Wait {
 /// termination signals, which are then read from the returned signalfd.
 pub fn take_termination_signals() -> io::Result<Terminations> {
     sys::ignore_signals(&[libc::SIGPIPE])?;
+    take_signals(&[])
+}
+
+/// As [`take_termination_signals`], for a process that never unblocks a
+/// signal and starts no other program (the helper): SIGPIPE and SIGXFSZ
+/// are blocked, in the same `sigprocmask` call, instead of ignored. A
+/// blocked signal is never delivered; the kernel leaves it pending and the
+/// write that raised it fails all the same (EPIPE, EFBIG), so the effect
+/// is that of ignoring them, without two `sigaction` calls. They are not
+/// in the signalfd's set, so it never reports them.
+pub fn take_termination_signals_blocking_write_signals() -> io::Result<Terminations> {
+    take_signals(&[Signal::SIGPIPE, Signal::SIGXFSZ])
+}
+
+fn take_signals(also_blocked: &[Signal]) -> io::Result<Terminations> {
     let mut set = SigSet::empty();
     for sig in TERMINATING {
         set.add(sig);
     }
+    let mut mask = set;
+    for &sig in also_blocked {
+        mask.add(sig);
+    }
     // SIG_SETMASK replaces the inherited mask: exactly these are blocked.
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&set), None)?;
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&mask), None)?;
     let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
     Ok(Terminations { fd, received: Cell::new(None) })
 }
