@@ -57,7 +57,7 @@ pub fn load_config(args: &Args, env: &Env) -> Result<Config, Failure> {
         None => PathBuf::from(config::CONFIG_PATH),
     };
     let trust = Trust { owners: trusted_owners(env), allow_sticky: !env.secure };
-    match config::load(&path, &trust) {
+    match config::load_leaving_descriptors(&path, &trust) {
         Ok((cfg, _found)) => Ok(cfg),
         Err(config::ConfigError::Untrusted(e)) => Err(fs_failure(
             e,
@@ -149,6 +149,9 @@ pub fn open(args: &Args, cfg: &Config, env: &Env) -> Result<Dirs, Failure> {
     let new = open_drop_dir(&root, &shown, layout::NEW, owner, env)?;
     // Everything after this resolves relative names inside the spool only.
     nix::unistd::fchdir(&root).map_err(|e| misconfigured(FsError::sys(shown, e)))?;
+    // The working directory holds the root now; its descriptor is left to
+    // the kernel, which closes it at exit (one descriptor, one call saved).
+    std::mem::forget(root);
     Ok(Dirs { tmp, new })
 }
 
