@@ -23,7 +23,7 @@ checks, one more system call or three per level, and the precise error.
 #![forbid(unsafe_code)]
 
 use std::fmt;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path};
 
 use std::sync::OnceLock;
@@ -303,6 +303,17 @@ pub fn is_regular(st: &FileStat) -> bool {
 /// Whether `st` describes a directory.
 pub fn is_dir(st: &FileStat) -> bool {
     is_type(st, SFlag::S_IFDIR)
+}
+
+/// `flock(2)` on `fd`'s open file description, for as long as it is open.
+///
+/// The lock goes when the last descriptor on that description is closed
+/// or the process exits, so a descriptor that is never duplicated (all of
+/// outq's are `O_CLOEXEC` and none is `dup`-ed) is released by its `close`
+/// alone: nix's `Flock` type would add a `flock(LOCK_UN)` before each close.
+pub fn lock(fd: BorrowedFd<'_>, how: nix::fcntl::FlockArg) -> Result<(), Errno> {
+    #[allow(deprecated)] // see above: the replacement unlocks in a separate call
+    nix::fcntl::flock(fd.as_raw_fd(), how)
 }
 
 /// Read a whole trusted file (small: configuration) from its descriptor.
