@@ -1,6 +1,7 @@
 /*!
-The only `unsafe` code in outq: libc calls that neither the standard library
-nor nix wraps safely. Each function is small, takes no raw pointers from its
+The `unsafe` code of outq-spool: libc calls that neither the standard
+library nor nix wraps safely. (The only other is the helper's entry point,
+`crates/outq-enqueue/src/sys.rs`.) Each function is small, takes no raw pointers from its
 callers, and states why it is sound. Safe wrappers with policy live in
 [`crate::process`].
 */
