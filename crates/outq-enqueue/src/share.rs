@@ -196,3 +196,39 @@ impl Ledger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_LEDGER, read_ledger};
+    use std::io::Write;
+
+    fn ledger_with(text: &[u8]) -> std::fs::File {
+        let path = std::env::temp_dir().join(format!("outq-ledger-test-{}-{}", std::process::id(), text.len()));
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(text).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
+
+    #[test]
+    fn reads_the_whole_ledger_whatever_the_size_seen_before_the_lock() {
+        let text = b"06B1265C19594C0F0F4629F5FF\n06B1265C19E2A243DA57983BE3\n";
+        let f = ledger_with(text);
+        let len = Some(text.len() as u64);
+        // Unchanged since the fstat, grown since (read on), shrunk since.
+        assert_eq!(read_ledger(&f, text.len() as u64), (text.to_vec(), len));
+        assert_eq!(read_ledger(&f, 3), (text.to_vec(), len));
+        assert_eq!(read_ledger(&f, 0), (text.to_vec(), len));
+        assert_eq!(read_ledger(&f, 1000), (text.to_vec(), len));
+    }
+
+    #[test]
+    fn a_ledger_past_the_limit_is_cut_and_has_no_known_length() {
+        let text = vec![b'A'; usize::try_from(MAX_LEDGER).unwrap() + 10];
+        let f = ledger_with(&text);
+        let (read, len) = read_ledger(&f, 5);
+        assert_eq!(read.len() as u64, MAX_LEDGER);
+        assert_eq!(len, None);
+    }
+}
