@@ -374,7 +374,8 @@ say "sanity: one submission as $caller"
 id_out=$(eval "$cmd_helper_4k" 2>"$work/sanity.err") || die "the helper failed: $(cat "$work/sanity.err")"
 [ -f "$spool/new/$id_out" ] || die "entry $id_out not found in $spool/new"
 entry_stat=$(stat -c '%U:%G %a %s' "$spool/new/$id_out")
-[ -z "$(ls -A "$spool/tmp")" ] || die "tmp/ is not empty after a submission"
+# (tmp/.share.UID is the caller's submit_share ledger, not an entry.)
+[ -z "$(ls -A "$spool/tmp" | grep -v '^\.share\.')" ] || die "tmp/ holds more than the ledger after a submission"
 eval "$cmd_floor_4k" || die "the floor command failed"
 [ "$(stat -c %s "$floor/msg")" = 4096 ] || die "the floor wrote the wrong size"
 find "$spool/new" -mindepth 1 -delete
@@ -465,7 +466,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     done
 done
 left_new=$(find "$spool/new" -mindepth 1 | wc -l)
-tmp_left=$(find "$spool/tmp" -mindepth 1 | wc -l)
+tmp_left=$(find "$spool/tmp" -mindepth 1 ! -name '.share.*' | wc -l)
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 finished=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 for name in "${names[@]}"; do

@@ -112,6 +112,8 @@ calls() { awk -v s="$2" '$1 == s {print $2; f=1} END {if (!f) print 0}' "$raw/$1
     echo
     echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC'): \`strace -f -c -u CALLER\` started by root, so the set-group-ID helper and the set-user-ID nullmailer-queue run in secure-execution mode as in production and no launcher is counted; median of $SYSCALL_RUNS runs per program and size (the counts did not vary by more than the spread shown). nullmailer $NM_VERSION, as packaged; floor \`dd bs=64K conv=fsync\` into a new file."
     echo
+    echo "outq-enqueue's first run in the fresh spool finds no \`submit_share\` ledger; each later one finds the queue ID of the run before in it (gone from new/ by then: two \`newfstatat\`), as a submission does when the runner has taken the account's last message. That is the spread of its counts."
+    echo
     echo "| size | floor (dd) | **outq-enqueue** (min–max) | same, static-pie (not shipped) | nullmailer-queue | outq / nullmailer | target: fewer than nullmailer |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | --- |"
     for size in 4k 1m; do

@@ -12,9 +12,13 @@ else. Read in this order:
 - [`policy`]: who may submit, and the envelope;
 - [`share`]: the account's share of the spool (`submit_share`);
 - [`write`]: creating, streaming and committing the entry;
-- [`failure`]: the one error type and how it is shown.
+- [`failure`]: the one error type and how it is shown;
+- [`sys`]: the entry point, a C `main` without the Rust runtime's start-up.
 */
-#![forbid(unsafe_code)]
+#![cfg_attr(not(test), no_main)]
+// Only `sys` may use `unsafe` (one `no_mangle` attribute); every other
+// module forbids it.
+#![deny(unsafe_code)]
 
 mod args;
 mod failure;
@@ -22,16 +26,22 @@ mod policy;
 mod share;
 mod spool;
 mod startup;
+#[allow(unsafe_code)]
+mod sys;
 mod write;
 
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
+/// Run the helper and return its exit status, with standard output flushed
+/// (the process then ends without running destructors).
+#[cfg_attr(test, allow(dead_code))]
+fn run_to_exit_code() -> i32 {
     let code = match run() {
         Ok(()) => outq_spool::exit::Code::Ok,
         Err(f) => f.report(),
     };
-    ExitCode::from(code as u8)
+    // A caller that closed standard output was given /dev/null; a failed
+    // flush changes nothing once the outcome is logged.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    code.as_i32()
 }
 
 /// The whole helper, from start-up to the printed queue ID.
@@ -52,5 +62,8 @@ fn run() -> Result<(), failure::Failure> {
     let ledger = share::check(&dirs, &cfg, &env, fs_size)?;
     let (id, size) = write::submit(&dirs, &cfg, &env, &caller, &envelope, ledger)?;
     write::announce(&id, size, &caller, &envelope, &env);
+    // The process ends right after this: the kernel closes the spool's
+    // descriptors and the signalfd, so they are not closed one by one.
+    std::mem::forget((dirs, env));
     Ok(())
 }

@@ -31,11 +31,11 @@ damaged, it only resets the account's count.
 #![forbid(unsafe_code)]
 
 use std::fs::File;
-use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, openat};
+use nix::fcntl::{AtFlags, FlockArg, OFlag, openat};
 use nix::sys::stat::{Mode, fstat, fstatat};
 use outq_spool::config::Config;
 use outq_spool::fs;
@@ -53,10 +53,14 @@ const MAX_RECORDS: usize = 10_000;
 /// Largest ledger read: MAX_RECORDS lines of a queue ID and a newline.
 const MAX_LEDGER: u64 = 64 * MAX_RECORDS as u64;
 
-/// An account's ledger, locked.
+/// An account's ledger, locked until it is dropped (closed: see
+/// `outq_spool::fs::lock`).
 pub struct Ledger {
-    file: Flock<File>,
+    file: File,
     ids: Vec<String>,
+    /// The ledger's length as read, when it was read whole: a rewrite at
+    /// least as long needs no truncation.
+    len: Option<u64>,
 }
 
 fn name_for(uid: u32) -> String {
@@ -72,7 +76,7 @@ fn held(dirs: &Dirs, id: &str, size_limit: u64) -> Option<u64> {
     let st = fstatat(dirs.tmp.as_fd(), id, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
     let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
     let live = match openat(dirs.tmp.as_fd(), id, flags, Mode::empty()) {
-        Ok(fd) => matches!(Flock::lock(File::from(fd), FlockArg::LockSharedNonblock), Err((_, Errno::EWOULDBLOCK))),
+        Ok(fd) => matches!(fs::lock(fd.as_fd(), FlockArg::LockSharedNonblock), Err(Errno::EWOULDBLOCK)),
         Err(_) => false,
     };
     Some(if live { size(&st).max(size_limit) } else { size(&st) })
@@ -104,10 +108,11 @@ pub fn check(dirs: &Dirs, cfg: &Config, env: &Env, total: u64) -> Result<Option<
         ));
         return Ok(None);
     }
-    let file = Flock::lock(File::from(fd), FlockArg::LockExclusive).map_err(|(_, e)| ledger_failure(&name, e))?;
-    let mut text = String::new();
+    fs::lock(fd.as_fd(), FlockArg::LockExclusive).map_err(|e| ledger_failure(&name, e))?;
+    let file = File::from(fd);
     // A damaged ledger only resets the count.
-    let _ = (&*file).take(MAX_LEDGER).read_to_string(&mut text);
+    let (text, len) = read_ledger(&file, u64::try_from(st.st_size).unwrap_or(0));
+    let text = String::from_utf8_lossy(&text);
     let mut ids = Vec::new();
     let mut used = 0u64;
     for line in text.lines() {
@@ -121,11 +126,44 @@ pub fn check(dirs: &Dirs, cfg: &Config, env: &Env, total: u64) -> Result<Option<
     }
     if ids.len() >= MAX_RECORDS || used.saturating_add(cfg.message_size_limit) > limit {
         // Keep what was pruned: the next call reads less.
-        let mut ledger = Ledger { file, ids };
-        ledger.write();
+        Ledger { file, ids, len }.write();
         return Err(over_share(limit, used));
     }
-    Ok(Some(Ledger { file, ids }))
+    Ok(Some(Ledger { file, ids, len }))
+}
+
+/// The ledger's bytes, with their length when that is the whole file. The
+/// buffer is sized from `size` (its `fstat` before the lock) plus one byte,
+/// so an unchanged ledger takes one `pread`, which comes back short: the
+/// end of a regular file. One that grew in the meantime is read on, up to
+/// [`MAX_LEDGER`] bytes; past that only those are kept (and `None` says
+/// the file is longer).
+fn read_ledger(file: &File, size: u64) -> (Vec<u8>, Option<u64>) {
+    let cap = usize::try_from(MAX_LEDGER).unwrap_or(usize::MAX).saturating_add(1);
+    let mut buf = vec![0u8; usize::try_from(size).unwrap_or(usize::MAX).saturating_add(1).min(cap)];
+    let mut got = 0usize;
+    loop {
+        if got == buf.len() {
+            if buf.len() >= cap {
+                buf.truncate(cap - 1);
+                return (buf, None);
+            }
+            buf.resize(buf.len().saturating_mul(2).min(cap), 0);
+        }
+        let want = buf.len() - got;
+        match file.read_at(buf.get_mut(got..).unwrap_or(&mut []), got as u64) {
+            Ok(n) => {
+                got += n;
+                if n < want {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return (Vec::new(), None),
+        }
+    }
+    buf.truncate(got);
+    (buf, Some(got as u64))
 }
 
 fn ledger_failure(name: &str, e: Errno) -> Failure {
@@ -148,11 +186,49 @@ impl Ledger {
             text.push_str(id);
             text.push('\n');
         }
-        // Failures leave an older ledger: it only undercounts until the
-        // next submission prunes it again.
-        let f: &mut File = &mut self.file;
-        let _ = f.set_len(0);
-        let _ = f.rewind();
-        let _ = f.write_all(text.as_bytes());
+        // One write from the start, and a truncation only when the text
+        // got shorter. Failures leave an older ledger: it only
+        // undercounts until the next submission prunes it again.
+        let shorter = self.len.is_none_or(|old| (text.len() as u64) < old);
+        let _ = self.file.write_all_at(text.as_bytes(), 0);
+        if shorter {
+            let _ = self.file.set_len(text.len() as u64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_LEDGER, read_ledger};
+    use std::io::Write;
+
+    fn ledger_with(text: &[u8]) -> std::fs::File {
+        let path = std::env::temp_dir().join(format!("outq-ledger-test-{}-{}", std::process::id(), text.len()));
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(text).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
+
+    #[test]
+    fn reads_the_whole_ledger_whatever_the_size_seen_before_the_lock() {
+        let text = b"06B1265C19594C0F0F4629F5FF\n06B1265C19E2A243DA57983BE3\n";
+        let f = ledger_with(text);
+        let len = Some(text.len() as u64);
+        // Unchanged since the fstat, grown since (read on), shrunk since.
+        assert_eq!(read_ledger(&f, text.len() as u64), (text.to_vec(), len));
+        assert_eq!(read_ledger(&f, 3), (text.to_vec(), len));
+        assert_eq!(read_ledger(&f, 0), (text.to_vec(), len));
+        assert_eq!(read_ledger(&f, 1000), (text.to_vec(), len));
+    }
+
+    #[test]
+    fn a_ledger_past_the_limit_is_cut_and_has_no_known_length() {
+        let text = vec![b'A'; usize::try_from(MAX_LEDGER).unwrap() + 10];
+        let f = ledger_with(&text);
+        let (read, len) = read_ledger(&f, 5);
+        assert_eq!(read.len() as u64, MAX_LEDGER);
+        assert_eq!(len, None);
     }
 }

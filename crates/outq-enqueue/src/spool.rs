@@ -57,7 +57,7 @@ pub fn load_config(args: &Args, env: &Env) -> Result<Config, Failure> {
         None => PathBuf::from(config::CONFIG_PATH),
     };
     let trust = Trust { owners: trusted_owners(env), allow_sticky: !env.secure };
-    match config::load(&path, &trust) {
+    match config::load_leaving_descriptors(&path, &trust) {
         Ok((cfg, _found)) => Ok(cfg),
         Err(config::ConfigError::Untrusted(e)) => Err(fs_failure(
             e,
@@ -91,7 +91,7 @@ fn misconfigured(e: FsError) -> Failure {
 
 /// Why the helper is not running with the spool's group.
 fn not_privileged(env: &Env, dir: &str, found: u32) -> Failure {
-    if env.no_new_privs {
+    if outq_spool::process::no_new_privs() {
         return Failure::temp(
             format!(
                 "not running set-group-ID: the no_new_privs flag is set, so the kernel ignored the set-group-ID bit ({dir} has group {found})"
@@ -149,6 +149,9 @@ pub fn open(args: &Args, cfg: &Config, env: &Env) -> Result<Dirs, Failure> {
     let new = open_drop_dir(&root, &shown, layout::NEW, owner, env)?;
     // Everything after this resolves relative names inside the spool only.
     nix::unistd::fchdir(&root).map_err(|e| misconfigured(FsError::sys(shown, e)))?;
+    // The working directory holds the root now; its descriptor is left to
+    // the kernel, which closes it at exit (one descriptor, one call saved).
+    std::mem::forget(root);
     Ok(Dirs { tmp, new })
 }
 

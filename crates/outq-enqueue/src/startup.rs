@@ -10,12 +10,14 @@ a privileged test that runs the installed helper as a real user:
    channel for the queue ID or the refusal);
 2. the environment cleared;
 3. umask 077 (every file is also created and chmod-ed with an explicit mode);
-4. soft RLIMIT_FSIZE and RLIMIT_NOFILE raised to the hard limits, SIGXFSZ
-   ignored (an EFBIG write is then reported, not fatal);
+4. soft RLIMIT_FSIZE and RLIMIT_NOFILE raised to the hard limits (an
+   EFBIG write is reported, not fatal: SIGXFSZ is blocked in step 7);
 5. core dumps off and the process made non-dumpable;
 6. every capability dropped (root's would bypass the spool's permissions);
-7. signals: SIGPIPE ignored, termination signals blocked and read from a
-   signalfd, so an interrupted write removes its temporary file;
+7. signals: SIGPIPE and SIGXFSZ blocked, so never delivered (a write
+   that raises one fails with EPIPE or EFBIG, as if they were ignored);
+   termination signals blocked and read from a signalfd, so an
+   interrupted write removes its temporary file;
 8. an alarm bounds how long the helper waits for the message.
 
 The caller's identity comes from the kernel (real uid/gid), never from the
@@ -23,7 +25,7 @@ environment or the command line.
 */
 #![forbid(unsafe_code)]
 
-use nix::unistd::{Gid, Uid, getegid, geteuid, getgid, getuid};
+use nix::unistd::{Gid, Uid, getresgid, getresuid};
 use outq_spool::exit::Code;
 use outq_spool::process;
 
@@ -38,8 +40,6 @@ pub const MAX_LIFETIME_SECS: u32 = 3600;
 pub struct Env {
     /// Started set-group-ID (`AT_SECURE`).
     pub secure: bool,
-    /// `no_new_privs` is set (the set-group-ID bit was ignored).
-    pub no_new_privs: bool,
     pub ruid: Uid,
     pub rgid: Gid,
     pub euid: Uid,
@@ -57,12 +57,15 @@ pub fn harden() -> Result<Env, Failure> {
     let closed = process::ensure_std_fds().map_err(|e| {
         Failure::temp(format!("cannot open /dev/null for a closed standard descriptor: {e}"), "check /dev/null")
     })?;
-    // Read before anything can change them.
-    let (secure, no_new_privs) = (process::is_secure(), process::no_new_privs());
-    let (ruid, rgid, euid, egid) = (getuid(), getgid(), geteuid(), getegid());
+    // Read before anything can change them. (`no_new_privs`, which only
+    // explains a missing group, is read when that diagnosis is made: the
+    // flag can be set but never cleared, and the helper never sets it.)
+    let secure = process::is_secure();
+    let (uids, gids) = ids()?;
+    let (ruid, rgid, euid, egid) = (uids.real, gids.real, uids.effective, gids.effective);
     process::clear_environment();
     process::set_umask(0o077);
-    process::prepare_file_size_limit()
+    process::raise_file_size_limit()
         .map_err(|e| Failure::temp(format!("cannot adjust the file size limit: {e}"), "check the resource limits"))?;
     process::raise_open_files_limit()
         .map_err(|e| Failure::temp(format!("cannot adjust the open files limit: {e}"), "check the resource limits"))?;
@@ -72,7 +75,7 @@ pub fn harden() -> Result<Env, Failure> {
     // on; any other caller should hold none, and dropping is always allowed.
     process::clear_capabilities()
         .map_err(|e| Failure::temp(format!("cannot drop capabilities: {e}"), "report this as a bug"))?;
-    let signals = process::take_termination_signals()
+    let signals = process::take_termination_signals_blocking_write_signals()
         .map_err(|e| Failure::temp(format!("cannot set up signal handling: {e}"), "report this as a bug"))?;
     nix::unistd::alarm::set(MAX_LIFETIME_SECS);
     if closed.stdin {
@@ -81,5 +84,13 @@ pub fn harden() -> Result<Env, Failure> {
     // A daemon or MDA may run with standard output or error closed; its
     // mail must not bounce for that. Both now lead to /dev/null, and every
     // outcome is also logged.
-    Ok(Env { secure, no_new_privs, ruid, rgid, euid, egid, signals, stdout_closed: closed.stdout })
+    Ok(Env { secure, ruid, rgid, euid, egid, signals, stdout_closed: closed.stdout })
+}
+
+/// Real, effective and saved ids, two system calls for the four ids.
+fn ids() -> Result<(nix::unistd::ResUid, nix::unistd::ResGid), Failure> {
+    let fail = |e: nix::errno::Errno| {
+        Failure::temp(format!("cannot read the process's ids: {}", e.desc()), "report this as a bug")
+    };
+    Ok((getresuid().map_err(fail)?, getresgid().map_err(fail)?))
 }

@@ -2,28 +2,35 @@
 Writing one entry: create in `tmp/`, stream, commit into `new/`.
 
 1. A fresh queue ID names `tmp/ID`, created with
-   `O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC` and mode 0404, and locked with
+   `O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC` and mode 0404 (set again with
+   `fchmod`, whatever the umask), and locked with
    `flock(LOCK_EX)` for as long as the helper lives: the runner removes a
    file in `tmp/` as soon as it can take that lock, because its writer is
    then dead (killed, or gone without cleaning up). The new file is checked
    on its descriptor after the lock (regular, one link, our uid and the
    spool's group): a file the runner removed in the instant between
    creation and lock has no link left and is refused (75).
-2. The header is written with a zero size, then standard input is copied in
-   64 KiB pieces (constant memory), refusing NUL bytes and anything past
-   `message_size_limit`; then the trailer, then the real size in place.
-3. `fchmod` to the committed mode 0404, then
-   `renameat2(RENAME_NOREPLACE)` from `tmp/ID` to `new/ID`: the single
-   commit point. A reader never sees a partial entry in `new/` except
-   after a crash before step 4, and then the runner refuses it (size field
-   and trailer) and quarantines it; the caller was never told it was
-   queued.
+2. Standard input is gathered in a 64 KiB buffer (constant memory),
+   refusing NUL bytes and anything past `message_size_limit`; the buffer
+   goes to disk when it is full or when no more input is ready at once,
+   so what the caller sent is on disk whenever the helper waits. A
+   message that has ended by then within the first buffer (most mail) is
+   written whole with one `pwrite`: header with the real size, message,
+   trailer. A longer one: the header with a zero size, the pieces, the
+   last piece with the trailer, then the real size in place.
+3. `renameat2(RENAME_NOREPLACE)` from `tmp/ID` to `new/ID`: the single
+   commit point (the file already has the committed mode 0404, set in
+   step 1). A reader never sees a partial entry in `new/` except after a
+   crash before step 4, and then the runner refuses it (size field and
+   trailer) and quarantines it; the caller was never told it was queued.
 4. One `fsync` on the file, after the rename: it writes the data, the
    inode and the new name in one go (the helper may not open `new/` for
    reading, by design, so it cannot `fsync` the directory). Only then is
    the queue ID printed and 0 returned. Why this one flush is enough on
    ext4 (with and without a journal), XFS and btrfs: outq-spool(5),
-   DURABILITY.
+   DURABILITY. The file's descriptor and lock are then left to the
+   kernel, which drops both at exit a moment later: the lock only ever
+   matters in `tmp/`.
 
 Any failure or termination signal before step 3 unlinks `tmp/ID`; SIGKILL
 can only leave an unlocked file in `tmp/`, which the runner removes at its
@@ -143,22 +150,69 @@ fn verify_created(entry: &TempEntry<'_>, env: &Env) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Copy standard input after the header; returns the message size.
-fn stream_message(entry: &mut TempEntry<'_>, env: &Env, header_len: u64, limit: u64) -> Result<u64, Failure> {
+/// The entry being written: what is on disk so far.
+struct Progress {
+    /// The header's length, once it is on disk (with a zero size).
+    header_len: Option<u64>,
+    /// Message bytes on disk after the header.
+    written: u64,
+    size_offset: u64,
+}
+
+/// Put `data` on disk after what is there, the header (with a zero size)
+/// first if it is not yet: one `pwrite` either way.
+fn flush(entry: &TempEntry<'_>, header: &Header, progress: &mut Progress, data: &[u8]) -> Result<(), Failure> {
+    let (offset, bytes) = match progress.header_len {
+        Some(len) => (len + progress.written, std::borrow::Cow::Borrowed(data)),
+        None => {
+            let encoded = header.encode();
+            progress.header_len = Some(encoded.bytes.len() as u64);
+            progress.size_offset = encoded.size_offset as u64;
+            let mut first = encoded.bytes;
+            first.extend_from_slice(data);
+            (0, std::borrow::Cow::Owned(first))
+        }
+    };
+    entry.file.write_all_at(&bytes, offset).map_err(|e| io_failure("writing the message", errno_of(&e)))?;
+    progress.written += data.len() as u64;
+    Ok(())
+}
+
+/// Write the entry: header, standard input, trailer; returns the message
+/// size. Input is gathered in a [`CHUNK`]-byte buffer (constant memory),
+/// which goes to disk when it is full or when no more input is ready at
+/// once (so whatever the caller has sent is on disk while the helper
+/// waits for more). A message that has ended by then, within the first
+/// buffer (most mail), is written with one `pwrite`, its header already
+/// carrying the real size; otherwise the header goes first with a zero
+/// size, the last piece goes with the trailer, and the real size is
+/// written in place at the end.
+fn write_entry(entry: &TempEntry<'_>, env: &Env, header: &mut Header, limit: u64) -> Result<u64, Failure> {
     // read(2) on descriptor 0 directly: std's Stdin would report EBADF (a
     // write-only descriptor) as end of input.
     let stdin = std::io::stdin();
     let mut buf = vec![0u8; CHUNK];
-    let mut size = 0u64;
+    let mut filled = 0usize;
+    let mut progress = Progress { header_len: None, written: 0, size_offset: 0 };
     loop {
         // Wait for input or a termination signal, whichever comes first;
-        // then read(2) does not block.
-        match env.signals.wait_readable(stdin.as_fd()) {
-            Ok(process::Wait::Ready) => {}
-            Ok(process::Wait::Signal(sig)) => return Err(interrupted(sig)),
+        // then read(2) does not block. With input in hand, only look.
+        let timeout = (filled > 0).then_some(0);
+        match env.signals.wait_readable_for(stdin.as_fd(), timeout) {
+            Ok(Some(process::Wait::Ready)) => {}
+            Ok(Some(process::Wait::Signal(sig))) => return Err(interrupted(sig)),
+            Ok(None) => {
+                flush(entry, header, &mut progress, buf.get(..filled).unwrap_or(&[]))?;
+                filled = 0;
+                continue;
+            }
             Err(e) => return Err(Failure::temp(format!("cannot wait for input: {e}"), "report this as a bug")),
         }
-        let n = match nix::unistd::read(stdin.as_fd(), &mut buf) {
+        if filled == buf.len() {
+            flush(entry, header, &mut progress, &buf)?;
+            filled = 0;
+        }
+        let n = match nix::unistd::read(stdin.as_fd(), buf.get_mut(filled..).unwrap_or(&mut [])) {
             Ok(0) => break,
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
@@ -170,31 +224,54 @@ fn stream_message(entry: &mut TempEntry<'_>, env: &Env, header_len: u64, limit: 
                 ));
             }
         };
-        let chunk = buf.get(..n).unwrap_or(&[]);
-        if chunk.contains(&0) {
+        if buf.get(filled..filled + n).unwrap_or(&[]).contains(&0) {
             return Err(Failure::new(
                 Code::DataErr,
                 "the message contains a NUL byte",
                 "encode binary content (MIME base64)",
             ));
         }
-        size += n as u64;
-        if size > limit {
+        filled += n;
+        if progress.written + filled as u64 > limit {
             return Err(Failure::new(
                 Code::DataErr,
                 format!("message larger than message_size_limit ({limit} bytes)"),
                 "send a smaller message or raise message_size_limit in outq.conf",
             ));
         }
-        entry
-            .file
-            .write_all_at(chunk, header_len + size - n as u64)
-            .map_err(|e| io_failure("writing the message", errno_of(&e)))?;
     }
+    let size = progress.written + filled as u64;
     if size == 0 {
-        return Err(Failure::new(Code::DataErr, "the message is empty", "give the message on standard input"));
+        return Err(empty());
     }
+    let rest = buf.get(..filled).unwrap_or(&[]);
+    let Some(header_len) = progress.header_len else {
+        // All of it in hand: the whole entry in one write.
+        header.size = size;
+        let mut whole = header.encode().bytes;
+        whole.reserve(rest.len() + entry::TRAILER.len());
+        whole.extend_from_slice(rest);
+        whole.extend_from_slice(entry::TRAILER);
+        entry.file.write_all_at(&whole, 0).map_err(|e| io_failure("writing the message", errno_of(&e)))?;
+        return Ok(size);
+    };
+    // The rest and the trailer in one write, then the size in place.
+    let mut last = Vec::with_capacity(rest.len() + entry::TRAILER.len());
+    last.extend_from_slice(rest);
+    last.extend_from_slice(entry::TRAILER);
+    entry
+        .file
+        .write_all_at(&last, header_len + progress.written)
+        .map_err(|e| io_failure("writing the trailer", errno_of(&e)))?;
+    entry
+        .file
+        .write_all_at(entry::format_size(size).as_bytes(), progress.size_offset)
+        .map_err(|e| io_failure("writing the size", errno_of(&e)))?;
     Ok(size)
+}
+
+fn empty() -> Failure {
+    Failure::new(Code::DataErr, "the message is empty", "give the message on standard input")
 }
 
 /// Write, commit and make durable one entry; returns its queue ID.
@@ -214,7 +291,7 @@ pub fn submit(
         ledger.record(&entry.id);
     }
     let arrival = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let header = Header {
+    let mut header = Header {
         id: entry.id.clone(),
         arrival,
         uid: caller.uid,
@@ -223,25 +300,23 @@ pub fn submit(
         recipients: envelope.recipients.clone(),
         size: 0,
     };
-    let encoded = header.encode();
-    let header_len = encoded.bytes.len() as u64;
-    entry.file.write_all_at(&encoded.bytes, 0).map_err(|e| io_failure("writing the envelope", errno_of(&e)))?;
-    let size = stream_message(&mut entry, env, header_len, cfg.message_size_limit)?;
-    entry
-        .file
-        .write_all_at(entry::TRAILER, header_len + size)
-        .map_err(|e| io_failure("writing the trailer", errno_of(&e)))?;
-    entry
-        .file
-        .write_all_at(entry::format_size(size).as_bytes(), encoded.size_offset as u64)
-        .map_err(|e| io_failure("writing the size", errno_of(&e)))?;
-    fchmod(entry.file.as_fd(), Mode::from_bits_truncate(layout::ENTRY_MODE))
-        .map_err(|e| io_failure("setting the queue file's mode", e))?;
+    let size = write_entry(&entry, env, &mut header, cfg.message_size_limit)?;
+    // The file was created with the committed mode (checked by
+    // `verify_created`); a different committed mode is set here.
+    if layout::ENTRY_MODE != layout::TMP_ENTRY_MODE {
+        fchmod(entry.file.as_fd(), Mode::from_bits_truncate(layout::ENTRY_MODE))
+            .map_err(|e| io_failure("setting the queue file's mode", e))?;
+    }
     if let Some(sig) = env.signals.pending() {
         return Err(interrupted(sig));
     }
     commit(&mut entry, dirs)?;
-    Ok((entry.id.clone(), size))
+    let id = entry.id.clone();
+    // Durable and in new/: the descriptor and its lock are left to the
+    // kernel, which drops both when the process exits a moment later (no
+    // reader locks entries in new/, and the lock only ever mattered in tmp/).
+    std::mem::forget(entry);
+    Ok((id, size))
 }
 
 /// The commit point: rename into `new/` without replacing, then make the

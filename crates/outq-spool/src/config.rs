@@ -386,7 +386,27 @@ impl Trust {
 /// Load and parse the file at `path`. `Ok((cfg, false))` with defaults when
 /// the file does not exist; `Ok((cfg, true))` when it was read.
 pub fn load(path: &Path, trust: &Trust) -> Result<(Config, bool), ConfigError> {
-    let Some(text) = read_trusted(path, trust, MAX_CONFIG_SIZE).map_err(ConfigError::Untrusted)? else {
+    load_as(path, trust, Descriptors::Close)
+}
+
+/// [`load`] for a process that ends soon after (the helper): the two
+/// descriptors opened to read the file, its directory and itself, are not
+/// closed but left for the kernel to close at exit.
+pub fn load_leaving_descriptors(path: &Path, trust: &Trust) -> Result<(Config, bool), ConfigError> {
+    load_as(path, trust, Descriptors::Leave)
+}
+
+/// What happens to the descriptors a read opened, once it succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Descriptors {
+    Close,
+    /// Kept open until the process exits (a short-lived process saves the
+    /// `close` calls).
+    Leave,
+}
+
+fn load_as(path: &Path, trust: &Trust, fds: Descriptors) -> Result<(Config, bool), ConfigError> {
+    let Some(text) = read_trusted_as(path, trust, MAX_CONFIG_SIZE, fds).map_err(ConfigError::Untrusted)? else {
         return Ok((Config::default(), false));
     };
     let shown = path.display().to_string();
@@ -399,6 +419,10 @@ pub fn load(path: &Path, trust: &Trust) -> Result<(Config, bool), ConfigError> {
 /// itself owned by a trusted owner and not writable by group or others,
 /// no symbolic link, at most `max` bytes. `Ok(None)` when it does not exist.
 pub fn read_trusted(path: &Path, trust: &Trust, max: u64) -> Result<Option<Vec<u8>>, FsError> {
+    read_trusted_as(path, trust, max, Descriptors::Close)
+}
+
+fn read_trusted_as(path: &Path, trust: &Trust, max: u64, fds: Descriptors) -> Result<Option<Vec<u8>>, FsError> {
     let shown = path.display().to_string();
     let (name, parent) = match (path.file_name(), path.parent()) {
         (Some(n), Some(p)) => (n, p),
@@ -425,8 +449,13 @@ pub fn read_trusted(path: &Path, trust: &Trust, max: u64) -> Result<Option<Vec<u
     let st = fstat(&fd).map_err(|e| FsError::sys(shown.clone(), e))?;
     fs::require_trusted_file(&shown, &st, &trust.owners, max)?;
     let expected = u64::try_from(st.st_size).unwrap_or(0);
-    let text = fs::read_all_sized(fd, max, expected)
+    let file = std::fs::File::from(fd);
+    let text = fs::read_file_sized(&file, max, expected)
         .map_err(|e| FsError::sys(shown.clone(), Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+    if fds == Descriptors::Leave {
+        std::mem::forget(file);
+        std::mem::forget(dir);
+    }
     Ok(Some(text))
 }
 

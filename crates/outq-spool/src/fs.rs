@@ -23,7 +23,7 @@ checks, one more system call or three per level, and the precise error.
 #![forbid(unsafe_code)]
 
 use std::fmt;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path};
 
 use std::sync::OnceLock;
@@ -305,18 +305,53 @@ pub fn is_dir(st: &FileStat) -> bool {
     is_type(st, SFlag::S_IFDIR)
 }
 
+/// `flock(2)` on `fd`'s open file description, for as long as it is open.
+///
+/// The lock goes when the last descriptor on that description is closed
+/// or the process exits, so a descriptor that is never duplicated (all of
+/// outq's are `O_CLOEXEC` and none is `dup`-ed) is released by its `close`
+/// alone: nix's `Flock` type would add a `flock(LOCK_UN)` before each close.
+pub fn lock(fd: BorrowedFd<'_>, how: nix::fcntl::FlockArg) -> Result<(), Errno> {
+    #[allow(deprecated)] // see above: the replacement unlocks in a separate call
+    nix::fcntl::flock(fd.as_raw_fd(), how)
+}
+
 /// Read a whole trusted file (small: configuration) from its descriptor.
 pub fn read_all(fd: OwnedFd, limit: u64) -> std::io::Result<Vec<u8>> {
     read_all_sized(fd, limit, 0)
 }
 
-/// [`read_all`] of a file `expected` bytes long (from `fstat`): the buffer
-/// is sized for it, so an unchanged file takes one `read` and the one that
-/// sees its end.
+/// [`read_all`] of a regular file `expected` bytes long (from `fstat`): the
+/// buffer is sized for it plus one byte, so an unchanged file takes one
+/// `read`. A regular file's `read` returns fewer bytes than asked only at
+/// its end (a read from a local file system is not cut short by a
+/// signal), so a short first read is the whole file and no second `read`
+/// is made to see the end; a file that grew since the `fstat` is read on
+/// to its end.
 pub fn read_all_sized(fd: OwnedFd, limit: u64, expected: u64) -> std::io::Result<Vec<u8>> {
+    read_file_sized(&std::fs::File::from(fd), limit, expected)
+}
+
+/// [`read_all_sized`] from the current position of `file`, which stays open.
+pub fn read_file_sized(mut file: &std::fs::File, limit: u64, expected: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut out = Vec::with_capacity(usize::try_from(expected.min(limit)).unwrap_or(0).saturating_add(1));
-    std::fs::File::from(fd).take(limit.saturating_add(1)).read_to_end(&mut out)?;
+    let mut out = Vec::new();
+    if expected > 0 {
+        let want = usize::try_from(expected.min(limit)).unwrap_or(0).saturating_add(1);
+        out.resize(want, 0);
+        let n = loop {
+            match file.read(&mut out) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        out.truncate(n);
+        if n < want {
+            return Ok(out);
+        }
+    }
+    let so_far = out.len() as u64;
+    file.take(limit.saturating_add(1).saturating_sub(so_far)).read_to_end(&mut out)?;
     if out.len() as u64 > limit {
         return Err(std::io::Error::other("file grew while being read"));
     }

@@ -12,8 +12,9 @@ stamps a record with its time of arrival (rsyslog, syslog-ng and journald
 all do), so there is no need to load the time zone (libc's `syslog` reads
 `/etc/localtime` for every new process). Nothing is opened before the first
 record: a program that logs nothing makes no system call for logging, and
-the helper, which logs one line per submission, makes three (`socket`,
-`connect`, `sendto`).
+the helper, which logs one line per submission, makes two (`socket`, and
+`sendto` naming `/dev/log`: the datagram socket is never connected, so a
+log daemon restarted in between needs nothing redone).
 */
 #![forbid(unsafe_code)]
 
@@ -34,7 +35,8 @@ static IDENT: OnceLock<&'static str> = OnceLock::new();
 static PID: OnceLock<u32> = OnceLock::new();
 static SOCKET: Mutex<Option<Socket>> = Mutex::new(None);
 
-/// A connection to the log daemon: datagrams normally, a stream where the
+/// The way to the log daemon: an unconnected datagram socket normally,
+/// each record addressed to `/dev/log`; a stream connection where the
 /// daemon listens on one (records then end with a NUL, as libc sends them).
 enum Socket {
     Datagram(UnixDatagram),
@@ -86,22 +88,10 @@ fn record(severity: u8, ident: &str, pid: u32, line: &str) -> String {
     out
 }
 
-fn connect() -> Option<Socket> {
-    let dgram = UnixDatagram::unbound().ok()?;
-    match dgram.connect(LOG_SOCKET) {
-        Ok(()) => Some(Socket::Datagram(dgram)),
-        // EPROTOTYPE: the daemon listens on a stream socket.
-        Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => {
-            UnixStream::connect(LOG_SOCKET).ok().map(Socket::Stream)
-        }
-        Err(_) => None,
-    }
-}
-
 impl Socket {
     fn send(&mut self, record: &str) -> std::io::Result<()> {
         match self {
-            Socket::Datagram(s) => s.send(record.as_bytes()).map(drop),
+            Socket::Datagram(s) => s.send_to(record.as_bytes(), LOG_SOCKET).map(drop),
             Socket::Stream(s) => {
                 let mut framed = Vec::with_capacity(record.len() + 1);
                 framed.extend_from_slice(record.as_bytes());
@@ -113,8 +103,9 @@ impl Socket {
 }
 
 /// Send one record. Failure to reach the log daemon is not an error: mail
-/// must flow without it. A daemon restarted since the last record gets a
-/// new connection, once.
+/// must flow without it. A datagram socket is kept whatever happens (it is
+/// not tied to the daemon); a stream connection that fails is replaced by
+/// a new one, once.
 fn send(severity: u8, line: &str) {
     let ident = IDENT.get().copied().unwrap_or("outq");
     let pid = *PID.get_or_init(std::process::id);
@@ -123,15 +114,34 @@ fn send(severity: u8, line: &str) {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
     };
-    for _ in 0..2 {
+    let mut fresh = false;
+    for _ in 0..4 {
         if guard.is_none() {
-            *guard = connect();
+            *guard = UnixDatagram::unbound().ok().map(Socket::Datagram);
+            fresh = true;
         }
         let Some(sock) = guard.as_mut() else { return };
-        match sock.send(&text) {
+        let err = match sock.send(&text) {
             Ok(()) => return,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => *guard = None,
+            Err(e) => e,
+        };
+        match sock {
+            // EPROTOTYPE: the daemon listens on a stream socket.
+            Socket::Datagram(_) if err.raw_os_error() == Some(libc::EPROTOTYPE) => {
+                *guard = UnixStream::connect(LOG_SOCKET).ok().map(Socket::Stream);
+                fresh = true;
+            }
+            Socket::Datagram(_) => return,
+            Socket::Stream(_) if fresh => {
+                *guard = None;
+                return;
+            }
+            // A daemon restarted since the connection was made.
+            Socket::Stream(_) => {
+                *guard = UnixStream::connect(LOG_SOCKET).ok().map(Socket::Stream);
+                fresh = true;
+            }
         }
     }
 }

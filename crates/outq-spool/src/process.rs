@@ -38,31 +38,38 @@ impl ClosedStdFds {
 /// Make sure descriptors 0, 1 and 2 are open, opening `/dev/null` on any
 /// that is closed, so that no file the program opens later can land on a
 /// standard descriptor and receive output meant for the terminal. Returns
-/// which ones were closed when the program started.
+/// which ones were closed when the program started. Call it before the
+/// program closes any of them itself.
 ///
-/// By the time `main` runs, a closed standard descriptor has usually been
+/// By the time `main` runs, a closed standard descriptor may have been
 /// reopened already: in secure-execution mode glibc reopens 0 on
-/// `/dev/full` write-only and 1 and 2 on `/dev/null` read-only, and
-/// otherwise the Rust runtime reopens them on `/dev/null` read-write. So a
-/// descriptor also counts as closed when it cannot be used in its direction
-/// (which is as good as closed whoever did it), or when it was closed before
-/// the runtime ran (recorded by `sys`).
+/// `/dev/full` write-only and 1 and 2 on `/dev/null` read-only, and a Rust
+/// `main` (not the helper's) reopens them on `/dev/null` read-write. So a
+/// descriptor counts as closed when it cannot be used in its direction
+/// (which is as good as closed whoever did it), or when it was closed
+/// before any runtime ran. Both are read from the state `sys` recorded
+/// before `main`: a descriptor recorded open needs no further system call
+/// (nothing closes a standard descriptor before this runs), one recorded
+/// closed is looked at again and reopened if it is still closed.
 pub fn ensure_std_fds() -> io::Result<ClosedStdFds> {
     let mut closed = ClosedStdFds::default();
     for fd in 0..3 {
         let unusable = if fd == 0 { libc::O_WRONLY } else { libc::O_RDONLY };
-        let was_closed = match sys::fd_access_mode(fd) {
-            Some(mode) => mode == unusable || sys::std_fd_closed_at_start(fd),
-            None => {
-                // open(2) returns the lowest free descriptor; the lower ones
-                // are open by now, so this lands on `fd`.
-                let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_NOCTTY, Mode::empty())?;
-                let raw = null.into_raw_fd();
-                if raw != fd {
-                    return Err(io::Error::other("could not reopen a closed standard descriptor"));
+        let was_closed = match sys::std_fd_at_start(fd) {
+            sys::StdFdAtStart::Open(mode) => mode == unusable,
+            sys::StdFdAtStart::Closed => {
+                if sys::fd_access_mode(fd).is_none() {
+                    reopen_on_dev_null(fd)?;
                 }
                 true
             }
+            sys::StdFdAtStart::Unknown => match sys::fd_access_mode(fd) {
+                Some(mode) => mode == unusable,
+                None => {
+                    reopen_on_dev_null(fd)?;
+                    true
+                }
+            },
         };
         if was_closed {
             match fd {
@@ -73,6 +80,17 @@ pub fn ensure_std_fds() -> io::Result<ClosedStdFds> {
         }
     }
     Ok(closed)
+}
+
+/// Open `/dev/null` on the closed descriptor `fd`. open(2) returns the
+/// lowest free descriptor; the lower standard ones are open by now (the
+/// caller goes in order), so this lands on `fd`.
+fn reopen_on_dev_null(fd: i32) -> io::Result<()> {
+    let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_NOCTTY, Mode::empty())?;
+    if null.into_raw_fd() != fd {
+        return Err(io::Error::other("could not reopen a closed standard descriptor"));
+    }
+    Ok(())
 }
 
 /// Whether the kernel runs this process in secure-execution mode
@@ -107,11 +125,11 @@ fn raise_to_hard(resource: Resource) -> io::Result<u64> {
     Ok(hard)
 }
 
-/// Raise the soft file-size limit to the hard one and ignore SIGXFSZ, so
-/// that a write past a limit the caller set fails with EFBIG, which is
-/// reported, instead of killing the process with a partial file.
-pub fn prepare_file_size_limit() -> io::Result<u64> {
-    sys::ignore_signals(&[libc::SIGXFSZ])?;
+/// Raise the soft file-size limit to the hard one. A write past the hard
+/// limit must then fail with EFBIG, which is reported, instead of killing
+/// the process with a partial file: SIGXFSZ must not be delivered, which
+/// [`take_termination_signals_blocking_write_signals`] sees to.
+pub fn raise_file_size_limit() -> io::Result<u64> {
     raise_to_hard(Resource::RLIMIT_FSIZE)
 }
 
@@ -166,12 +184,31 @@ pub enum Wait {
 /// termination signals, which are then read from the returned signalfd.
 pub fn take_termination_signals() -> io::Result<Terminations> {
     sys::ignore_signals(&[libc::SIGPIPE])?;
+    take_signals(&[])
+}
+
+/// As [`take_termination_signals`], for a process that never unblocks a
+/// signal and starts no other program (the helper): SIGPIPE and SIGXFSZ
+/// are blocked, in the same `sigprocmask` call, instead of ignored. A
+/// blocked signal is never delivered; the kernel leaves it pending and the
+/// write that raised it fails all the same (EPIPE, EFBIG), so the effect
+/// is that of ignoring them, without two `sigaction` calls. They are not
+/// in the signalfd's set, so it never reports them.
+pub fn take_termination_signals_blocking_write_signals() -> io::Result<Terminations> {
+    take_signals(&[Signal::SIGPIPE, Signal::SIGXFSZ])
+}
+
+fn take_signals(also_blocked: &[Signal]) -> io::Result<Terminations> {
     let mut set = SigSet::empty();
     for sig in TERMINATING {
         set.add(sig);
     }
+    let mut mask = set;
+    for &sig in also_blocked {
+        mask.add(sig);
+    }
     // SIG_SETMASK replaces the inherited mask: exactly these are blocked.
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&set), None)?;
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&mask), None)?;
     let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
     Ok(Terminations { fd, received: Cell::new(None) })
 }

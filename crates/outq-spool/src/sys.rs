@@ -1,12 +1,13 @@
 /*!
-The only `unsafe` code in outq: libc calls that neither the standard library
-nor nix wraps safely. Each function is small, takes no raw pointers from its
+The `unsafe` code of outq-spool: libc calls that neither the standard
+library nor nix wraps safely. (The only other is the helper's entry point,
+`crates/outq-enqueue/src/sys.rs`.) Each function is small, takes no raw pointers from its
 callers, and states why it is sound. Safe wrappers with policy live in
 [`crate::process`].
 */
 
 use std::io;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Whether the kernel started this process in secure-execution mode
 /// (set-user-ID or set-group-ID, or gained capabilities).
@@ -117,13 +118,6 @@ pub(crate) fn ignore_signals(signals: &[libc::c_int]) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether file descriptor `fd` is open.
-pub(crate) fn fd_is_open(fd: libc::c_int) -> bool {
-    // SAFETY: F_GETFD on any integer is harmless: it only reports EBADF for a
-    // closed descriptor and does not change the descriptor table.
-    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
-}
-
 /// The access mode (`O_RDONLY`, `O_WRONLY` or `O_RDWR`) of descriptor `fd`,
 /// or `None` when it is closed.
 pub(crate) fn fd_access_mode(fd: libc::c_int) -> Option<libc::c_int> {
@@ -133,26 +127,33 @@ pub(crate) fn fd_access_mode(fd: libc::c_int) -> Option<libc::c_int> {
     (flags != -1).then_some(flags & libc::O_ACCMODE)
 }
 
-/// Which of descriptors 0, 1 and 2 were closed when the program started
-/// (bit `fd` set), as seen before the Rust runtime ran.
+/// Descriptors 0, 1 and 2 as the program found them, one byte each (byte
+/// `fd`): 0 not recorded, 1 closed, 2 + the access mode when open.
 ///
-/// The standard library's start-up code, before `main`, reopens a closed
-/// standard descriptor on `/dev/null`; from `main` on, a descriptor the
-/// caller closed looks exactly like one it redirected to `/dev/null`. The C
-/// library runs `.init_array` entries before that start-up code, so the
-/// entry below sees the descriptors as the caller left them. (In
-/// secure-execution mode glibc reopens them even earlier, in its own
-/// way; `process::ensure_std_fds` recognises that.)
-static STD_FDS_CLOSED_AT_START: AtomicU8 = AtomicU8::new(0);
+/// The standard library's start-up code, before a Rust `main`, reopens a
+/// closed standard descriptor on `/dev/null`; from then on, a descriptor
+/// the caller closed looks exactly like one it redirected to `/dev/null`.
+/// The C library runs `.init_array` entries before that start-up code, so
+/// the entry below sees the descriptors as the caller left them. (In
+/// secure-execution mode glibc reopens them even earlier, in its own way;
+/// `process::ensure_std_fds` recognises that by the access mode.) The
+/// helper has no Rust start-up code at all; for it, the record also saves
+/// asking the kernel a second time.
+static STD_FDS_AT_START: AtomicU32 = AtomicU32::new(0);
+
+const FD_CLOSED: u32 = 1;
+const FD_OPEN: u32 = 2;
 
 extern "C" fn record_std_fds(_argc: libc::c_int, _argv: *const *const libc::c_char, _envp: *const *const libc::c_char) {
-    let mut closed = 0u8;
+    let mut state = 0u32;
     for fd in 0..3 {
-        if !fd_is_open(fd) {
-            closed |= 1 << fd;
-        }
+        let byte = match fd_access_mode(fd) {
+            None => FD_CLOSED,
+            Some(mode) => FD_OPEN + (mode as u32 & 3),
+        };
+        state |= byte << (8 * fd);
     }
-    STD_FDS_CLOSED_AT_START.store(closed, Ordering::SeqCst);
+    STD_FDS_AT_START.store(state, Ordering::SeqCst);
 }
 
 /// Registers [`record_std_fds`] as a constructor. `#[used]` keeps it in
@@ -165,8 +166,25 @@ extern "C" fn record_std_fds(_argc: libc::c_int, _argv: *const *const libc::c_ch
 static RECORD_STD_FDS: extern "C" fn(libc::c_int, *const *const libc::c_char, *const *const libc::c_char) =
     record_std_fds;
 
-/// Whether descriptor `fd` (0, 1 or 2) was closed when the program started,
-/// even if the runtime has reopened it since.
-pub(crate) fn std_fd_closed_at_start(fd: libc::c_int) -> bool {
-    (0..3).contains(&fd) && STD_FDS_CLOSED_AT_START.load(Ordering::SeqCst) & (1 << fd) != 0
+/// Descriptor `fd` (0, 1 or 2) as the program found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StdFdAtStart {
+    /// Not recorded (the constructor did not run): ask the kernel.
+    Unknown,
+    Closed,
+    /// Open, with this access mode.
+    Open(libc::c_int),
+}
+
+/// How descriptor `fd` (0, 1 or 2) was when the program started, even if
+/// a runtime has reopened it since.
+pub(crate) fn std_fd_at_start(fd: libc::c_int) -> StdFdAtStart {
+    if !(0..3).contains(&fd) {
+        return StdFdAtStart::Unknown;
+    }
+    match (STD_FDS_AT_START.load(Ordering::SeqCst) >> (8 * fd)) & 0xff {
+        FD_CLOSED => StdFdAtStart::Closed,
+        b if b >= FD_OPEN => StdFdAtStart::Open((b - FD_OPEN) as libc::c_int),
+        _ => StdFdAtStart::Unknown,
+    }
 }
