@@ -1040,4 +1040,11 @@ fn a_caller_over_its_share_gets_75_while_another_still_submits() {
     assert_eq!(fx.names("tmp"), Vec::<String>::new());
     let r = fx.submit(&fx.acc.caller, &["a@example.org"], b"Subject: fourth\n\nbody\n");
     assert_eq!(r.code, Some(0), "{r:?}");
+    // Well within the share by its records, the ledger was not looked up:
+    // the third message, taken by the runner since, is still recorded at
+    // message_size_limit, and the fourth beside it.
+    let ledger = std::fs::read_to_string(fx.spool.join("tmp").join(format!(".share.{}", fx.acc.caller.uid))).unwrap();
+    let counted: Vec<&str> = ledger.lines().filter_map(|l| l.split_once(' ').map(|(_, b)| b)).collect();
+    assert_eq!(counted.iter().filter(|b| **b == "40000").count(), 2, "{ledger}");
+    assert_eq!(fx.names("new").len(), 1, "the fourth");
 }

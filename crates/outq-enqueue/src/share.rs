@@ -6,18 +6,27 @@ limit.
 
 The helper's group may not list `tmp/` or `new/`, so each account has a
 ledger, `tmp/.share.UID`: the queue IDs it submitted that may still be in
-`tmp/` or `new/`, one per line. Under an exclusive `flock` on the ledger,
-the helper
+`tmp/` or `new/`, one per line, each with the bytes it is counted for.
+Under an exclusive `flock` on the ledger, the helper
 
-1. looks each recorded ID up by name (`new/ID`, then `tmp/ID`): an entry
-   in `new/` counts its size; a file in `tmp/` whose writer still holds its
-   lock counts `message_size_limit` (it may grow to that), an abandoned one
-   its size (the runner reclaims it at its next queue run); an ID found in
-   neither has been picked up or removed and is dropped from the ledger;
-2. refuses (75, naming `submit_share`) when that sum plus
-   `message_size_limit` for the new message is over the share;
-3. creates and locks its own `tmp/ID` and records ID, then releases the
-   ledger.
+1. adds up the recorded bytes; a recorded ID is never counted for less
+   than it can hold (see below), so when that total plus
+   `message_size_limit` for the new message is within the share, the
+   account is within it too, and nothing is looked up;
+2. otherwise looks each recorded ID up by name (`new/ID`, then `tmp/ID`):
+   an entry in `new/` counts its size (a committed entry never grows); a
+   file in `tmp/` whose writer still holds its lock counts at least
+   `message_size_limit` (it may grow to that), an abandoned one its size
+   (the runner reclaims it at its next queue run); an ID found in neither
+   has been picked up or removed and is dropped. Those sizes replace the
+   recorded ones, and the helper refuses (75, naming `submit_share`) when
+   their sum plus `message_size_limit` is over the share;
+3. creates and locks its own `tmp/ID` and records ID at
+   `message_size_limit`, then releases the ledger.
+
+The look-ups of step 2 thus happen once the recorded total nears the
+share, not at every submission: their cost does not grow with the number
+of the account's messages waiting while the runner is stopped.
 
 Concurrent helpers of one account thus each see the others' files, and the
 account's total stays under its share. The ledger is owned by the account
@@ -57,7 +66,10 @@ const MAX_LEDGER: u64 = 64 * MAX_RECORDS as u64;
 /// `outq_spool::fs::lock`).
 pub struct Ledger {
     file: File,
-    ids: Vec<String>,
+    /// Queue IDs and the bytes each is counted for.
+    records: Vec<(String, u64)>,
+    /// The bytes a new record is counted for: `message_size_limit`.
+    reserve: u64,
     /// The ledger's length as read, when it was read whole: a rewrite at
     /// least as long needs no truncation.
     len: Option<u64>,
@@ -112,24 +124,41 @@ pub fn check(dirs: &Dirs, cfg: &Config, env: &Env, total: u64) -> Result<Option<
     let file = File::from(fd);
     // A damaged ledger only resets the count.
     let (text, len) = read_ledger(&file, u64::try_from(st.st_size).unwrap_or(0));
-    let text = String::from_utf8_lossy(&text);
-    let mut ids = Vec::new();
-    let mut used = 0u64;
-    for line in text.lines() {
-        if QueueId::parse(line).is_none() {
-            continue;
-        }
-        if let Some(bytes) = held(dirs, line, cfg.message_size_limit) {
-            used = used.saturating_add(bytes);
-            ids.push(line.to_owned());
-        }
+    let reserve = cfg.message_size_limit;
+    let records = parse_records(&String::from_utf8_lossy(&text), reserve);
+    let recorded = sum_of(&records);
+    if records.len() < MAX_RECORDS && recorded.saturating_add(reserve) <= limit {
+        return Ok(Some(Ledger { file, records, reserve, len }));
     }
-    if ids.len() >= MAX_RECORDS || used.saturating_add(cfg.message_size_limit) > limit {
+    // Near the share by the records: find what is really held.
+    let records: Vec<(String, u64)> =
+        records.into_iter().filter_map(|(id, _)| held(dirs, &id, reserve).map(|bytes| (id, bytes))).collect();
+    let used = sum_of(&records);
+    let mut ledger = Ledger { file, records, reserve, len };
+    if ledger.records.len() >= MAX_RECORDS || used.saturating_add(reserve) > limit {
         // Keep what was pruned: the next call reads less.
-        Ledger { file, ids, len }.write();
+        ledger.write();
         return Err(over_share(limit, used));
     }
-    Ok(Some(Ledger { file, ids, len }))
+    Ok(Some(ledger))
+}
+
+/// The records of a ledger's text: `ID BYTES` per line. A line with an ID
+/// alone (an older ledger) counts at `reserve`; anything else is skipped.
+fn parse_records(text: &str, reserve: u64) -> Vec<(String, u64)> {
+    text.lines()
+        .filter_map(|line| {
+            let (id, bytes) = match line.split_once(' ') {
+                Some((id, b)) => (id, b.parse::<u64>().ok()?),
+                None => (line, reserve),
+            };
+            QueueId::parse(id).map(|_| (id.to_owned(), bytes))
+        })
+        .collect()
+}
+
+fn sum_of(records: &[(String, u64)]) -> u64 {
+    records.iter().fold(0u64, |sum, (_, b)| sum.saturating_add(*b))
 }
 
 /// The ledger's bytes, with their length when that is the whole file. The
@@ -174,16 +203,20 @@ fn ledger_failure(name: &str, e: Errno) -> Failure {
 }
 
 impl Ledger {
-    /// Record `id` (its file exists and is locked) and release the ledger.
+    /// Record `id` (its file exists and is locked), counted at
+    /// `message_size_limit` until a look-up finds its size, and release
+    /// the ledger.
     pub fn record(mut self, id: &QueueId) {
-        self.ids.push(id.as_str().to_owned());
+        self.records.push((id.as_str().to_owned(), self.reserve));
         self.write();
     }
 
     fn write(&mut self) {
-        let mut text = String::with_capacity(self.ids.len() * 27);
-        for id in &self.ids {
+        let mut text = String::with_capacity(self.records.len() * 48);
+        for (id, bytes) in &self.records {
             text.push_str(id);
+            text.push(' ');
+            text.push_str(&bytes.to_string());
             text.push('\n');
         }
         // One write from the start, and a truncation only when the text
@@ -199,7 +232,7 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_LEDGER, read_ledger};
+    use super::{MAX_LEDGER, parse_records, read_ledger};
     use std::io::Write;
 
     fn ledger_with(text: &[u8]) -> std::fs::File {
@@ -230,5 +263,15 @@ mod tests {
         let (read, len) = read_ledger(&f, 5);
         assert_eq!(read.len() as u64, MAX_LEDGER);
         assert_eq!(len, None);
+    }
+
+    #[test]
+    fn records_carry_their_bytes_and_an_older_line_counts_at_the_reserve() {
+        let text =
+            "06B1265C19594C0F0F4629F5FF 4274\n06B1265C19E2A243DA57983BE3\nnot-an-id 5\n06B1265C19E2A243DA57983BE4 x\n";
+        assert_eq!(
+            parse_records(text, 1000),
+            vec![("06B1265C19594C0F0F4629F5FF".to_owned(), 4274), ("06B1265C19E2A243DA57983BE3".to_owned(), 1000)]
+        );
     }
 }
