@@ -9,7 +9,7 @@ installs `SIGSEGV`/`SIGBUS` handlers on an alternate signal stack, seeds a
 random hash key, and undoes part of that at exit. What of it matters is
 done by [`crate::startup`] instead: descriptors 0–2 are checked and a
 closed one reopened on `/dev/null` (`outq_spool::process::ensure_std_fds`),
-`SIGPIPE` is ignored, and standard output is flushed explicitly before the
+`SIGPIPE` is blocked (a write to a closed pipe then fails with `EPIPE`), and standard output is flushed explicitly before the
 process ends without running destructors. `std::env::args_os` keeps working: on glibc the
 standard library records `argv` from its own `.init_array` entry, which
 runs before `main` whoever defines it.
