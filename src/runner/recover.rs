@@ -10,7 +10,9 @@ Start-up recovery and periodic maintenance, done while holding the lock.
   message that crashes the runner cannot cause a mail flood. An attempt cut
   short by a reboot (the entry went into `active/` before this boot) is
   not counted: a power cut is not the message's fault, and counting it
-  would hold mail after three power cuts.
+  would hold mail after three power cuts. Nor is one that was claimed but
+  still waiting for a delivery thread ([`possibly_attempted`]): only an
+  attempt under way can have made the runner die.
 - Files in `tmp/` (see [`sweep_tmp`]): the helper holds an exclusive
   `flock` on its file for as long as it lives, and the kernel releases it
   when the helper dies. A file whose lock can be taken has no writer any
@@ -61,6 +63,7 @@ pub fn recover_active(store: &Store, s: &Settings) -> usize {
     resolve_double_names(store);
     let booted = boot_time();
     let names = store.list(Queue::Active).unwrap_or_default();
+    let attempted = possibly_attempted(store, &names, s.runner.connections);
     let mut moved = 0;
     for name in names {
         if outq_spool::queue_id::QueueId::parse(&name).is_none() {
@@ -84,20 +87,46 @@ pub fn recover_active(store: &Store, s: &Settings) -> usize {
             Some(crate::queue::store::Request::Hold) => state.hold = Some("held by the operator".into()),
             None => {}
         }
-        if !rebooted {
+        let counted = !rebooted && attempted.contains(&name);
+        if counted {
             state.recoveries = state.recoveries.saturating_add(1);
         }
         state.next_attempt = now();
         let to = next_place(&mut state);
         if store.write_state(&name, &state).is_ok() && store.rename_durably(Queue::Active, to, &name).is_ok() {
             moved += 1;
-            let why = if rebooted { " (cut short by a reboot: not counted)" } else { "" };
+            let why = match (rebooted, counted) {
+                (true, _) => " (cut short by a reboot: not counted)",
+                (false, false) => " (claimed, not yet attempted: not counted)",
+                (false, true) => "",
+            };
             logging::info(&format!("{name}: recovered from an interrupted delivery{why}, moved to {}/", to.name()));
         } else {
             logging::warning(&format!("{name}: cannot recover from active/; tried again at the next queue run"));
         }
     }
     moved
+}
+
+/// The entries of `active/` (`names`) whose delivery may have started
+/// when the runner died: the `connections` first claimed. A runner hands
+/// its claimed entries to its delivery threads in the order it moved them
+/// into `active/`, and each thread takes the next as it frees up, so the
+/// attempts under way are always among the earliest claims still there;
+/// the later ones were waiting for a thread and cannot have made it die.
+/// The order of the claims is that of the renames, which set each
+/// entry's change time; entries that share the last change time counted
+/// are all counted.
+fn possibly_attempted(store: &Store, names: &[String], connections: usize) -> HashSet<String> {
+    let mut claimed: Vec<((i64, i64), &String)> = names
+        .iter()
+        .filter_map(|n| store.stat(Queue::Active, n).ok().map(|st| ((st.st_ctime, st.st_ctime_nsec), n)))
+        .collect();
+    claimed.sort();
+    let Some(&(last, _)) = claimed.get(connections.max(1) - 1) else {
+        return names.iter().cloned().collect();
+    };
+    claimed.into_iter().filter(|(at, _)| *at <= last).map(|(_, n)| n.clone()).collect()
 }
 
 /// Where a recovered entry goes, with its hold reason kept in step.

@@ -205,6 +205,33 @@ fn crash_interrupted_release_keeps_the_entry_released() {
 }
 
 #[test]
+fn crash_entries_claimed_but_not_yet_attempted_are_not_counted_as_interrupted() {
+    // A runner with 2 delivery threads died with 5 claims in active/: the
+    // 2 claimed first may have been under way, the other 3 were waiting.
+    let server = Server::start(Opts::default());
+    let dev = Dev::new(true);
+    dev.configure(&server.url(), &[("connections", "2")]);
+    let ids: Vec<String> = (0..5).map(|_| dev.submit(&[A.to_owned()], b"Subject: crash\n\nbody\n")).collect();
+    for id in &ids {
+        mv(&dev, id, "new", "active");
+        // Claims in order: distinct change times even on a coarse clock.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (log, _) = dev.run_once();
+    for (n, id) in ids.iter().enumerate() {
+        let line = if n < 2 {
+            format!("{id}: recovered from an interrupted delivery, moved to deferred/")
+        } else {
+            format!(
+                "{id}: recovered from an interrupted delivery (claimed, not yet attempted: not counted), moved to deferred/"
+            )
+        };
+        assert!(log.lines().any(|l| l.ends_with(&line)), "no {line:?} in\n{log}");
+    }
+    assert_eq!(accepted(&server), counts(&[(A, 5)]));
+}
+
+#[test]
 fn crash_entry_left_in_active_without_state_is_recovered_and_delivered() {
     let (dev, server, id) = setup(&[A]);
     mv(&dev, &id, "new", "active");
