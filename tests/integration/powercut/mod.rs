@@ -126,7 +126,7 @@ use disk::{Disk, Fs};
 use ledger::{Event, Msg, Op};
 use relay::Relay;
 
-use crate::support::{Ran, bin, have_program, privileged, privileged_lock, root_tempdir, run_timeout};
+use crate::support::{Ran, Rng, bin, have_program, privileged, privileged_lock, root_tempdir, run_timeout};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const DOMAIN: &str = "powercut.test";
@@ -134,28 +134,6 @@ const QUEUES: [&str; 7] = ["tmp", "new", "active", "deferred", "hold", "failed",
 
 fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// splitmix64, reproducible from a seed.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -848,15 +826,15 @@ fn random_scenario(rng: &mut Rng, n: usize, p: f64) -> (Vec<Msg>, Vec<(Step, boo
     let kinds = ["", "", "", "defer.", "fail."];
     let msgs: Vec<Msg> = (0..n)
         .map(|i| {
-            let k: Vec<&str> = (0..1 + rng.below(3)).map(|_| kinds[rng.below(kinds.len())]).collect();
+            let k: Vec<&str> = (0..1 + rng.index(3)).map(|_| kinds[rng.index(kinds.len())]).collect();
             msg(i, &k)
         })
         .collect();
     let mut steps = Vec::new();
     let mut submitted = 0;
-    while submitted < n || rng.below(4) != 0 {
-        let pick = |rng: &mut Rng| rng.below(submitted.max(1));
-        let step = match rng.below(10) {
+    while submitted < n || rng.index(4) != 0 {
+        let pick = |rng: &mut Rng| rng.index(submitted.max(1));
+        let step = match rng.index(10) {
             0..3 if submitted < n => {
                 submitted += 1;
                 Step::Submit(submitted - 1)
@@ -915,7 +893,7 @@ fn powercut() {
             while tally.points < n {
                 let fs = Fs::ALL[round % 2];
                 round += 1;
-                let count = 3 + rng.below(6);
+                let count = 3 + rng.index(6);
                 let (msgs, steps) = random_scenario(&mut rng, count, 0.3);
                 let accept = AcceptCuts::Chance(0.3, Rng(rng.next()));
                 let keeps = vec![Keep::Flushed, Keep::Written, Keep::Some(0)];
