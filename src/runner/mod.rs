@@ -601,11 +601,11 @@ impl Runner {
     }
 }
 
-/// Settle delivered entries' removals until `done`, then the last ones.
 /// How long the settling thread lets removals of delivered entries gather
 /// after a flush before it makes the next one.
 const SETTLE_GATHER: Duration = Duration::from_millis(5);
 
+/// Settle delivered entries' removals until `done`, then the last ones.
 fn settle_removals(store: &Store, done: &AtomicBool) {
     loop {
         let last = done.load(Ordering::SeqCst);
