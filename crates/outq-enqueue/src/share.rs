@@ -6,27 +6,33 @@ limit.
 
 The helper's group may not list `tmp/` or `new/`, so each account has a
 ledger, `tmp/.share.UID`: the queue IDs it submitted that may still be in
-`tmp/` or `new/`, one per line, each with the bytes it is counted for.
-Under an exclusive `flock` on the ledger, the helper
+`tmp/` or `new/`, one per line. A line `ID BYTES` is an ID looked up by a
+past submission and counted for what it held then; a line `ID` alone, one
+recorded since and counted at `message_size_limit`. Under an exclusive
+`flock` on the ledger, the helper
 
-1. adds up the recorded bytes; a recorded ID is never counted for less
-   than it can hold (see below), so when that total plus
-   `message_size_limit` for the new message is within the share, the
-   account is within it too, and nothing is looked up;
-2. otherwise looks each recorded ID up by name (`new/ID`, then `tmp/ID`):
-   an entry in `new/` counts its size (a committed entry never grows); a
-   file in `tmp/` whose writer still holds its lock counts at least
+1. adds up the counts; a recorded ID is never counted for less than it can
+   hold (see below), so when that total plus `message_size_limit` for the
+   new message is within the share, the account is within it too;
+2. looks every recorded ID up by name (`new/ID`, then `tmp/ID`) when that
+   total nears the share, or when the IDs recorded since the last look-up
+   are at least [`PRUNE_MIN`] and as many as those looked up then: an entry
+   in `new/` counts its size (a committed entry never grows); a file in
+   `tmp/` whose writer still holds its lock counts at least
    `message_size_limit` (it may grow to that), an abandoned one its size
    (the runner reclaims it at its next queue run); an ID found in neither
    has been picked up or removed and is dropped. Those sizes replace the
-   recorded ones, and the helper refuses (75, naming `submit_share`) when
+   recorded counts, and the helper refuses (75, naming `submit_share`) when
    their sum plus `message_size_limit` is over the share;
-3. creates and locks its own `tmp/ID` and records ID at
-   `message_size_limit`, then releases the ledger.
+3. creates and locks its own `tmp/ID` and records ID, then releases the
+   ledger.
 
-The look-ups of step 2 thus happen once the recorded total nears the
-share, not at every submission: their cost does not grow with the number
-of the account's messages waiting while the runner is stopped.
+While the runner drains the queue, most recorded IDs are gone at each
+look-up, so the ledger stays a few dozen lines long, and its reading and
+rewriting stay cheap. While it does not, the ledger grows, but each
+look-up waits for as many new records as it found alive: on average a
+submission looks up at most two IDs, however many of the account's
+messages are waiting.
 
 Concurrent helpers of one account thus each see the others' files, and the
 account's total stays under its share. The ledger is owned by the account
@@ -59,15 +65,29 @@ use crate::startup::Env;
 /// waiting, which means the runner is not draining the queue.
 const MAX_RECORDS: usize = 10_000;
 
-/// Largest ledger read: MAX_RECORDS lines of a queue ID and a newline.
+/// Largest ledger read: MAX_RECORDS lines of a queue ID and a count.
 const MAX_LEDGER: u64 = 64 * MAX_RECORDS as u64;
+
+/// IDs recorded since the last look-up that make the next one due (when
+/// they are also at least as many as the IDs that look-up kept).
+const PRUNE_MIN: usize = 32;
+
+/// One recorded queue ID: the bytes it is counted for, and whether that
+/// count came from a look-up (`ID BYTES`) or is the reserve of a new
+/// record (`ID`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    id: String,
+    bytes: u64,
+    looked_up: bool,
+}
 
 /// An account's ledger, locked until it is dropped (closed: see
 /// `outq_spool::fs::lock`).
 pub struct Ledger {
     file: File,
     /// Queue IDs and the bytes each is counted for.
-    records: Vec<(String, u64)>,
+    records: Vec<Record>,
     /// The bytes a new record is counted for: `message_size_limit`.
     reserve: u64,
     /// The ledger's length as read, when it was read whole: a rewrite at
@@ -127,12 +147,15 @@ pub fn check(dirs: &Dirs, cfg: &Config, env: &Env, total: u64) -> Result<Option<
     let reserve = cfg.message_size_limit;
     let records = parse_records(&String::from_utf8_lossy(&text), reserve);
     let recorded = sum_of(&records);
-    if records.len() < MAX_RECORDS && recorded.saturating_add(reserve) <= limit {
+    if records.len() < MAX_RECORDS && recorded.saturating_add(reserve) <= limit && !prune_due(&records) {
         return Ok(Some(Ledger { file, records, reserve, len }));
     }
-    // Near the share by the records: find what is really held.
-    let records: Vec<(String, u64)> =
-        records.into_iter().filter_map(|(id, _)| held(dirs, &id, reserve).map(|bytes| (id, bytes))).collect();
+    // Near the share by the records, or enough new ones since the last
+    // look-up: find what is really held.
+    let records: Vec<Record> = records
+        .into_iter()
+        .filter_map(|r| held(dirs, &r.id, reserve).map(|bytes| Record { id: r.id, bytes, looked_up: true }))
+        .collect();
     let used = sum_of(&records);
     let mut ledger = Ledger { file, records, reserve, len };
     if ledger.records.len() >= MAX_RECORDS || used.saturating_add(reserve) > limit {
@@ -143,22 +166,30 @@ pub fn check(dirs: &Dirs, cfg: &Config, env: &Env, total: u64) -> Result<Option<
     Ok(Some(ledger))
 }
 
-/// The records of a ledger's text: `ID BYTES` per line. A line with an ID
-/// alone (an older ledger) counts at `reserve`; anything else is skipped.
-fn parse_records(text: &str, reserve: u64) -> Vec<(String, u64)> {
+/// Whether the IDs recorded since the last look-up call for one: at least
+/// [`PRUNE_MIN`] of them, and at least as many as that look-up kept, so
+/// that the look-ups cost at most two per submission on average.
+fn prune_due(records: &[Record]) -> bool {
+    let new = records.iter().filter(|r| !r.looked_up).count();
+    new >= PRUNE_MIN && new >= records.len() - new
+}
+
+/// The records of a ledger's text: `ID BYTES` (looked up) or `ID` (recorded
+/// since, counted at `reserve`) per line; anything else is skipped.
+fn parse_records(text: &str, reserve: u64) -> Vec<Record> {
     text.lines()
         .filter_map(|line| {
-            let (id, bytes) = match line.split_once(' ') {
-                Some((id, b)) => (id, b.parse::<u64>().ok()?),
-                None => (line, reserve),
+            let (id, bytes, looked_up) = match line.split_once(' ') {
+                Some((id, b)) => (id, b.parse::<u64>().ok()?, true),
+                None => (line, reserve, false),
             };
-            QueueId::parse(id).map(|_| (id.to_owned(), bytes))
+            QueueId::parse(id).map(|_| Record { id: id.to_owned(), bytes, looked_up })
         })
         .collect()
 }
 
-fn sum_of(records: &[(String, u64)]) -> u64 {
-    records.iter().fold(0u64, |sum, (_, b)| sum.saturating_add(*b))
+fn sum_of(records: &[Record]) -> u64 {
+    records.iter().fold(0u64, |sum, r| sum.saturating_add(r.bytes))
 }
 
 /// The ledger's bytes, with their length when that is the whole file. The
@@ -207,16 +238,18 @@ impl Ledger {
     /// `message_size_limit` until a look-up finds its size, and release
     /// the ledger.
     pub fn record(mut self, id: &QueueId) {
-        self.records.push((id.as_str().to_owned(), self.reserve));
+        self.records.push(Record { id: id.as_str().to_owned(), bytes: self.reserve, looked_up: false });
         self.write();
     }
 
     fn write(&mut self) {
         let mut text = String::with_capacity(self.records.len() * 48);
-        for (id, bytes) in &self.records {
-            text.push_str(id);
-            text.push(' ');
-            text.push_str(&bytes.to_string());
+        for r in &self.records {
+            text.push_str(&r.id);
+            if r.looked_up {
+                text.push(' ');
+                text.push_str(&r.bytes.to_string());
+            }
             text.push('\n');
         }
         // One write from the start, and a truncation only when the text
@@ -232,7 +265,7 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_LEDGER, parse_records, read_ledger};
+    use super::{MAX_LEDGER, PRUNE_MIN, Record, parse_records, prune_due, read_ledger};
     use std::io::Write;
 
     fn ledger_with(text: &[u8]) -> std::fs::File {
@@ -266,12 +299,27 @@ mod tests {
     }
 
     #[test]
-    fn records_carry_their_bytes_and_an_older_line_counts_at_the_reserve() {
+    fn records_carry_their_bytes_and_a_new_one_counts_at_the_reserve() {
         let text =
             "06B1265C19594C0F0F4629F5FF 4274\n06B1265C19E2A243DA57983BE3\nnot-an-id 5\n06B1265C19E2A243DA57983BE4 x\n";
+        let rec = |id: &str, bytes, looked_up| Record { id: id.to_owned(), bytes, looked_up };
         assert_eq!(
             parse_records(text, 1000),
-            vec![("06B1265C19594C0F0F4629F5FF".to_owned(), 4274), ("06B1265C19E2A243DA57983BE3".to_owned(), 1000)]
+            vec![rec("06B1265C19594C0F0F4629F5FF", 4274, true), rec("06B1265C19E2A243DA57983BE3", 1000, false)]
         );
+    }
+
+    #[test]
+    fn a_look_up_is_due_when_the_new_records_are_many_and_outnumber_the_kept_ones() {
+        let ledger = |kept: usize, new: usize| -> Vec<Record> {
+            let r = |looked_up| Record { id: String::new(), bytes: 1, looked_up };
+            (0..kept).map(|_| r(true)).chain((0..new).map(|_| r(false))).collect()
+        };
+        assert!(!prune_due(&ledger(0, PRUNE_MIN - 1)));
+        assert!(prune_due(&ledger(0, PRUNE_MIN)));
+        assert!(prune_due(&ledger(PRUNE_MIN, PRUNE_MIN)));
+        assert!(!prune_due(&ledger(PRUNE_MIN + 1, PRUNE_MIN)));
+        assert!(!prune_due(&ledger(1000, 999)));
+        assert!(prune_due(&ledger(1000, 1000)));
     }
 }
