@@ -76,7 +76,7 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode, Error> {
         super::relay::check_relays(&t, &mut found);
     }
     // Printed, but they do not make the check fail.
-    for w in mail_name_warnings(&t) {
+    for w in mail_name_warnings(&t).into_iter().chain(submit_users_warnings(&t)) {
         println!("outq check: warning: {} (fix: {})", w.problem, w.fix);
     }
     for f in &found {
@@ -163,6 +163,44 @@ fn mail_name_warnings(t: &Target) -> Vec<Finding> {
             format!("myorigin {} is not a fully qualified domain name", r.myorigin),
             "set myorigin to a domain such as example.org",
         ));
+    }
+    out
+}
+
+/// The helper reads `submit_users` names from /etc/passwd and /etc/group
+/// only, never through NSS: a listed name those files lack is refused at
+/// every submission, even when the name service knows it.
+fn submit_users_warnings(t: &Target) -> Vec<Finding> {
+    use outq_spool::accounts;
+    let outq_spool::config::SubmitUsers::Only { users, groups } = &t.cfg.submit_users else { return Vec::new() };
+    let is_number = |w: &str| w.bytes().all(|b| b.is_ascii_digit());
+    let (passwd, group) = (accounts::read(accounts::PASSWD), accounts::read(accounts::GROUP));
+    let mut out = Vec::new();
+    for name in users.iter().filter(|w| !is_number(w)) {
+        let in_file = passwd.as_ref().is_ok_and(|text| accounts::passwd_by_name(text, name).is_some());
+        if in_file {
+            continue;
+        }
+        out.push(match nix::unistd::User::from_name(name) {
+            Ok(Some(u)) => finding(
+                format!("submit_users: user {name} is known to the name service but not to {}, which outq-enqueue reads instead", accounts::PASSWD),
+                format!("list it by its user ID: {}", u.uid),
+            ),
+            _ => finding(format!("submit_users: there is no user {name}"), "correct submit_users in the configuration"),
+        });
+    }
+    for name in groups.iter().filter(|w| !is_number(w)) {
+        let in_file = group.as_ref().is_ok_and(|text| accounts::group_by_name(text, name).is_some());
+        if in_file {
+            continue;
+        }
+        out.push(match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => finding(
+                format!("submit_users: group {name} is known to the name service but not to {}, which outq-enqueue reads instead", accounts::GROUP),
+                format!("list it by its group ID: @{}", g.gid),
+            ),
+            _ => finding(format!("submit_users: there is no group {name} (it is skipped)"), "correct submit_users in the configuration"),
+        });
     }
     out
 }

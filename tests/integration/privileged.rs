@@ -345,7 +345,8 @@ fn caller_commits_an_entry_it_owns_with_mode_0404() {
     assert_eq!(h.sender.as_str(), "sender@example.org");
     assert_eq!(got, body.as_slice());
     fx.clear_new();
-    // Without -f the login is looked up for the default sender, and kept.
+    // Without -f the login is read from /etc/passwd for the default
+    // sender, and kept.
     let r = fx.submit(caller, &["rcpt@example.org"], &body);
     let path = fx.assert_accepted("default sender", &r);
     let (h, _) = entry::parse_bytes(&std::fs::read(&path).unwrap(), &LIMITS).unwrap();
@@ -810,6 +811,46 @@ fn submit_users_is_enforced() {
         fx.assert_accepted(&format!("member of @{group}"), &fx.submit(caller, &["a@example.org"], b"m\n"));
         fx.clear_new();
     }
+
+    // An account only a directory service knows: a uid and gid with no
+    // line in /etc/passwd or /etc/group. The helper reads those files and
+    // never NSS, so it is listed by number.
+    let ghost = unlisted_account();
+    let as_ghost = |args: &[&str]| {
+        let mut c = fx.helper_as(&ghost, &["--clear-groups"]);
+        c.args(args);
+        run_timeout(c, b"m\n", TIMEOUT)
+    };
+    fx.write_config(&format!("submit_users = {}, {}\n", second.name, ghost.uid));
+    fx.assert_accepted("listed by uid", &as_ghost(&["-f", "g@example.org", "a@example.org"]));
+    fx.clear_new();
+    fx.write_config(&format!("submit_users = @{}\n", ghost.gid));
+    fx.assert_accepted("listed by gid", &as_ghost(&["-f", "g@example.org", "a@example.org"]));
+    fx.clear_new();
+    fx.assert_refused("not in the listed gid", &fx.submit(caller, &["a@example.org"], b"m\n"), 77);
+    fx.write_config(&format!("submit_users = {}\n", second.name));
+    let r = as_ghost(&["-f", "g@example.org", "a@example.org"]);
+    fx.assert_refused("unlisted uid", &r, 77);
+    r.assert_stderr_contains(&format!("uid {} is not allowed", ghost.uid));
+    // Without -f there is no default sender for it.
+    fx.write_config("");
+    let r = as_ghost(&["a@example.org"]);
+    fx.assert_refused("no default sender", &r, 77);
+    r.assert_stderr_contains(&format!("uid {} has no account in /etc/passwd", ghost.uid));
+    fx.assert_accepted("with -f", &as_ghost(&["-f", "g@example.org", "a@example.org"]));
+}
+
+/// A uid and gid that no line of /etc/passwd or /etc/group (nor NSS) knows.
+fn unlisted_account() -> Account {
+    let known = |db: &str, id: u32| {
+        std::process::Command::new("getent").args([db, &id.to_string()]).output().is_ok_and(|o| o.status.success())
+    };
+    let id = (3_900_000..3_999_999)
+        .step_by(7919)
+        .map(|i| i + std::process::id() % 7919)
+        .find(|id| !known("passwd", *id) && !known("group", *id))
+        .unwrap();
+    Account { name: format!("uid{id}"), uid: id, gid: id }
 }
 
 #[test]

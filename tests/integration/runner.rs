@@ -1437,6 +1437,28 @@ fn outq_check_warns_about_a_mail_name_that_is_not_qualified() {
 }
 
 #[test]
+fn outq_check_warns_about_submit_users_names_the_helper_cannot_find() {
+    let dev = Dev::new();
+    let conf_arg = dev.config.display().to_string();
+    let spool_arg = dev.spool.display().to_string();
+    std::fs::write(
+        &dev.config,
+        "spool_min_free = 0\nmyhostname = host.example.org\nsubmit_users = root, 4242, nosuchuser-oq, @root, @4242, @nosuchgroup-oq\n",
+    )
+    .unwrap();
+    let out = dev.run(dev.outq(&["check", "--spool", &spool_arg, "--config", &conf_arg])).stdout;
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("warning: submit_users")).collect();
+    assert_eq!(
+        warnings,
+        [
+            "outq check: warning: submit_users: there is no user nosuchuser-oq (fix: correct submit_users in the configuration)",
+            "outq check: warning: submit_users: there is no group nosuchgroup-oq (it is skipped) (fix: correct submit_users in the configuration)",
+        ],
+        "{out}"
+    );
+}
+
+#[test]
 fn masquerading_on_and_off() {
     let dev = Dev::new();
     let conf_arg = dev.config.display().to_string();

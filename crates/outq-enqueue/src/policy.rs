@@ -2,20 +2,25 @@
 Who may submit (`submit_users`) and the envelope they submit.
 
 The caller is the real uid the kernel reports. Its login is needed only
-for a default sender (no `-f`) or a `submit_users` list; only then is it
-looked up in the password database (NSS), after the helper has changed
-into the spool directory (so a library that opens a relative path cannot be
-steered by the caller's working directory). Otherwise the submission path
-makes no lookup at all: the entry's owner is the uid, and the runner names
-the submitter from it.
+for a default sender (no `-f`) or a `submit_users` list; only then are the
+account files `/etc/passwd` and `/etc/group` read, directly and never
+through NSS (see `outq_spool::accounts`: no name service library is ever
+loaded into this process). Otherwise the submission path reads no account
+database at all: the entry's owner is the uid, and the runner names the
+submitter from it.
+
+In `submit_users`, a number is a user ID and `@`number a group ID, for
+accounts that exist only in a directory service.
 */
 #![forbid(unsafe_code)]
 
-use nix::unistd::{Gid, Group, User, getgroups};
+use nix::unistd::getgroups;
+use outq_spool::accounts::{self, Passwd};
 use outq_spool::address::{Mailbox, Sender};
 use outq_spool::config::{self, Config, SubmitUsers};
 use outq_spool::entry::is_valid_login;
 use outq_spool::exit::Code;
+use outq_spool::fs::FsError;
 use outq_spool::log::escape;
 
 use crate::args::Args;
@@ -26,7 +31,7 @@ use crate::startup::Env;
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub uid: u32,
-    /// From the password database, when it was needed.
+    /// From the password file, when it was needed.
     pub login: Option<String>,
 }
 
@@ -41,67 +46,88 @@ fn denied(what: String) -> Failure {
     Failure::new(Code::NoPerm, what, "ask the administrator to add you to submit_users in outq.conf")
 }
 
-/// Identify the caller and apply `submit_users`. The password database is
-/// consulted only when the login is needed: for the default sender
-/// (`need_login`) or a `submit_users` list.
+fn unreadable(e: FsError) -> Failure {
+    Failure::temp(format!("cannot read the account files: {e}"), "check /etc/passwd and /etc/group with 'outq check'")
+}
+
+/// Identify the caller and apply `submit_users`. The password file is read
+/// only when the login is needed: for the default sender (`need_login`)
+/// or a `submit_users` list.
 pub fn authorize(cfg: &Config, env: &Env, need_login: bool) -> Result<Caller, Failure> {
+    let uid = env.ruid.as_raw();
     if !need_login && matches!(cfg.submit_users, SubmitUsers::Anyone) {
-        return Ok(Caller { uid: env.ruid.as_raw(), login: None });
+        return Ok(Caller { uid, login: None });
     }
-    let uid = env.ruid;
-    let user = match User::from_uid(uid) {
-        Ok(Some(u)) => u,
-        Ok(None) => {
+    let passwd = accounts::read(accounts::PASSWD).map_err(unreadable)?;
+    let user = accounts::passwd_by_uid(&passwd, uid);
+    if let Some(u) = &user {
+        if !is_valid_login(&u.name) {
             return Err(Failure::new(
                 Code::NoPerm,
-                format!("uid {uid} has no account name"),
-                "run as a user listed in the password database",
+                format!("account name of uid {uid} is not usable: {}", escape(u.name.as_bytes())),
+                "use an account name of printable ASCII",
             ));
         }
-        Err(e) => {
-            return Err(Failure::temp(
-                format!("cannot look up uid {uid}: {}", e.desc()),
-                "check the password database (nsswitch)",
-            ));
-        }
-    };
-    if !is_valid_login(&user.name) {
+    }
+    if need_login && user.is_none() {
         return Err(Failure::new(
             Code::NoPerm,
-            format!("account name of uid {uid} is not usable: {}", escape(user.name.as_bytes())),
-            "use an account name of printable ASCII",
+            format!("uid {uid} has no account in /etc/passwd, so there is no default sender"),
+            "give the sender with -f (outq-sendmail always does)",
         ));
     }
-    let caller = Caller { uid: uid.as_raw(), login: Some(user.name.clone()) };
+    let caller = Caller { uid, login: user.as_ref().map(|u| u.name.clone()) };
     match &cfg.submit_users {
         SubmitUsers::Anyone => Ok(caller),
         SubmitUsers::Only { users, groups } => {
-            if users.contains(&user.name) || in_any_group(groups, &user, env)? {
+            let listed = users.iter().any(|w| is_this_user(w, uid, user.as_ref()));
+            if listed || in_any_group(groups, user.as_ref(), env)? {
                 Ok(caller)
             } else {
-                Err(denied(format!("user {} (uid {uid}) is not allowed to submit mail", user.name)))
+                let who = user.map(|u| format!("user {} (uid {uid})", u.name)).unwrap_or(format!("uid {uid}"));
+                Err(denied(format!("{who} is not allowed to submit mail")))
             }
         }
     }
 }
 
+/// A number of `submit_users` is a user or group ID; any other word a
+/// name.
+fn as_id(word: &str) -> Option<u32> {
+    if word.bytes().all(|b| b.is_ascii_digit()) { word.parse().ok() } else { None }
+}
+
+fn is_this_user(word: &str, uid: u32, user: Option<&Passwd>) -> bool {
+    match as_id(word) {
+        Some(id) => id == uid,
+        None => user.is_some_and(|u| u.name == word),
+    }
+}
+
 /// Membership by the caller's real gid, its supplementary groups (from the
-/// kernel), or the group's member list.
-fn in_any_group(groups: &[String], user: &User, env: &Env) -> Result<bool, Failure> {
-    let mine: Vec<Gid> = getgroups().unwrap_or_default();
-    for name in groups {
-        let g = match Group::from_name(name) {
-            Ok(Some(g)) => g,
-            Ok(None) => continue,
-            Err(e) => {
-                return Err(Failure::temp(
-                    format!("cannot look up group {name}: {}", e.desc()),
-                    "check the group database (nsswitch)",
-                ));
+/// kernel), its primary group in the password file, or the group file's
+/// member list.
+fn in_any_group(groups: &[String], user: Option<&Passwd>, env: &Env) -> Result<bool, Failure> {
+    if groups.is_empty() {
+        return Ok(false);
+    }
+    let mine: Vec<u32> = getgroups().unwrap_or_default().iter().map(|g| g.as_raw()).collect();
+    let holds = |gid: u32| gid == env.rgid.as_raw() || mine.contains(&gid) || user.is_some_and(|u| u.gid == gid);
+    let mut file: Option<Vec<u8>> = None;
+    for word in groups {
+        if let Some(gid) = as_id(word) {
+            if holds(gid) {
+                return Ok(true);
             }
+            continue;
+        }
+        let text = match &file {
+            Some(t) => t,
+            None => file.insert(accounts::read(accounts::GROUP).map_err(unreadable)?),
         };
-        let by_gid = g.gid == env.rgid || mine.contains(&g.gid);
-        if by_gid || g.mem.contains(&user.name) || user.gid == g.gid {
+        // A group that does not exist is skipped.
+        let Some(g) = accounts::group_by_name(text, word) else { continue };
+        if holds(g.gid) || user.is_some_and(|u| g.members.contains(&u.name)) {
             return Ok(true);
         }
     }

@@ -4,7 +4,8 @@ The spool shared by outq's three programs.
 Everything that crosses the privilege boundary is defined here, once: the
 directory layout and its modes ([`layout`]), the queue IDs ([`queue_id`]), the
 on-disk entry format ([`entry`]), envelope address validation ([`address`]),
-the configuration file ([`config`]), the descriptor-based file primitives that
+the configuration file ([`config`]), the local account files read
+without NSS ([`accounts`]), the descriptor-based file primitives that
 never follow a symbolic link ([`fs`]), and the process exit codes
 ([`exit`]).
 
@@ -17,6 +18,7 @@ library nor nix offers live in the private [`sys`] module, each with a
 */
 #![deny(unsafe_code)]
 
+pub mod accounts;
 pub mod address;
 pub mod config;
 pub mod entry;
