@@ -127,9 +127,17 @@ pub fn check(dirs: &Dirs, cfg: &Config, env: &Env, total: u64) -> Result<Option<
     let Some(limit) = cfg.submit_share.bytes(total) else { return Ok(None) };
     let uid = env.euid.as_raw();
     let name = name_for(uid);
-    let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-    let fd: OwnedFd = match openat(dirs.tmp.as_fd(), name.as_str(), flags, Mode::from_bits_truncate(0o600)) {
+    // Opened without O_CREAT first: with it, the kernel takes tmp/'s lock
+    // exclusively, which concurrent helpers creating their files there
+    // would wait for; the ledger exists after an account's first message.
+    let flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let mode = Mode::from_bits_truncate(0o600);
+    let fd: OwnedFd = match openat(dirs.tmp.as_fd(), name.as_str(), flags, mode) {
         Ok(fd) => fd,
+        Err(Errno::ENOENT) => match openat(dirs.tmp.as_fd(), name.as_str(), flags | OFlag::O_CREAT, mode) {
+            Ok(fd) => fd,
+            Err(e) => return Err(ledger_failure(&name, e)),
+        },
         Err(e) => return Err(ledger_failure(&name, e)),
     };
     let st = fstat(fd.as_fd()).map_err(|e| ledger_failure(&name, e))?;
