@@ -30,9 +30,18 @@ pub struct DataEncoder<W: Write> {
     buf: Vec<u8>,
 }
 
+/// Bytes gathered before they are written out.
+const FLUSH_AT: usize = 60 * 1024;
+
 impl<W: Write> DataEncoder<W> {
     pub fn new(out: W) -> DataEncoder<W> {
-        DataEncoder { out, column: 0, pending_cr: false, buf: Vec::with_capacity(64 * 1024) }
+        DataEncoder::with_capacity(out, 64 * 1024)
+    }
+
+    /// An encoder whose buffer starts at `capacity` bytes (a message's
+    /// expected wire size, so a small one does not take 64 KiB).
+    pub fn with_capacity(out: W, capacity: usize) -> DataEncoder<W> {
+        DataEncoder { out, column: 0, pending_cr: false, buf: Vec::with_capacity(capacity.min(64 * 1024)) }
     }
 
     fn end_line(&mut self) {
@@ -40,44 +49,48 @@ impl<W: Write> DataEncoder<W> {
         self.column = 0;
     }
 
-    fn push_byte(&mut self, b: u8) {
-        if self.column == 0 && b == b'.' {
-            self.buf.push(b'.');
-            self.column += 1;
-        }
-        if self.column >= MAX_LINE {
-            self.end_line();
-            if b == b'.' {
+    /// Append a run of bytes that holds no CR or LF: dot-stuffed at the
+    /// start of a line, broken after [`MAX_LINE`] octets.
+    fn push_run(&mut self, mut run: &[u8]) {
+        while let Some(&first) = run.first() {
+            if self.column >= MAX_LINE {
+                self.end_line();
+            }
+            if self.column == 0 && first == b'.' {
                 self.buf.push(b'.');
                 self.column += 1;
             }
+            let take = run.len().min(MAX_LINE - self.column);
+            let (now, rest) = run.split_at(take);
+            self.buf.extend_from_slice(now);
+            self.column += take;
+            run = rest;
         }
-        self.buf.push(b);
-        self.column += 1;
     }
 
     /// Encode `data`.
-    pub fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        for &b in data {
-            match b {
-                b'\n' => {
-                    self.pending_cr = false;
-                    self.end_line();
+    pub fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            if self.pending_cr {
+                // A CR followed by LF, or by anything else: either way the
+                // line ends here (a bare CR ends a line of its own).
+                self.pending_cr = false;
+                self.end_line();
+                if data.first() == Some(&b'\n') {
+                    data = data.get(1..).unwrap_or(&[]);
+                    continue;
                 }
-                _ if self.pending_cr => {
-                    // A bare CR ends a line of its own.
-                    self.pending_cr = false;
-                    self.end_line();
-                    if b == b'\r' {
-                        self.pending_cr = true;
-                    } else {
-                        self.push_byte(b);
-                    }
-                }
-                b'\r' => self.pending_cr = true,
-                _ => self.push_byte(b),
             }
-            if self.buf.len() >= 60 * 1024 {
+            let end = data.iter().position(|&b| b == b'\n' || b == b'\r').unwrap_or(data.len());
+            let (run, rest) = data.split_at(end);
+            self.push_run(run);
+            match rest.first() {
+                Some(b'\n') => self.end_line(),
+                Some(_) => self.pending_cr = true,
+                None => {}
+            }
+            data = rest.get(1..).unwrap_or(&[]);
+            if self.buf.len() >= FLUSH_AT {
                 self.out.write_all(&self.buf)?;
                 self.buf.clear();
             }
@@ -87,7 +100,7 @@ impl<W: Write> DataEncoder<W> {
 
     /// Copy everything from `r`.
     pub fn copy_from(&mut self, r: &mut impl Read) -> io::Result<u64> {
-        let mut chunk = vec![0u8; 64 * 1024];
+        let mut chunk = [0u8; 16 * 1024];
         let mut total = 0u64;
         loop {
             let n = match r.read(&mut chunk) {
@@ -166,6 +179,82 @@ mod tests {
         let out = encode(&line);
         assert!(out.starts_with(&[b'a'; MAX_LINE]));
         assert_eq!(&out[MAX_LINE..], b"\r\n..\r\n.\r\n");
+    }
+
+    /// The rules of the module header applied one byte at a time: the
+    /// reference the run-based encoder must match.
+    fn reference(data: &[u8]) -> Vec<u8> {
+        let (mut out, mut column, mut cr) = (Vec::new(), 0usize, false);
+        for &b in data {
+            if cr {
+                cr = false;
+                out.extend_from_slice(b"\r\n");
+                column = 0;
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            match b {
+                b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    column = 0;
+                }
+                b'\r' => cr = true,
+                _ => {
+                    if column >= MAX_LINE {
+                        out.extend_from_slice(b"\r\n");
+                        column = 0;
+                    }
+                    if column == 0 && b == b'.' {
+                        out.push(b'.');
+                        column += 1;
+                    }
+                    out.push(b);
+                    column += 1;
+                }
+            }
+        }
+        if cr || column > 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    #[test]
+    fn matches_the_byte_by_byte_rules_on_random_input_in_random_pieces() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..300 {
+            let len = (next() % 5000) as usize;
+            // One message in three has long lines: line ends are rare.
+            let odds = if next() % 3 == 0 { 5000 } else { 100 };
+            let msg: Vec<u8> = (0..len)
+                .map(|_| match next() % odds {
+                    0..=4 => b'\r',
+                    5..=9 => b'\n',
+                    10..=14 => b'.',
+                    _ => b'a' + (next() % 26) as u8,
+                })
+                .collect();
+            let want = reference(&msg);
+            assert_eq!(encode(&msg), want, "{:?}", String::from_utf8_lossy(&msg));
+            let mut e = DataEncoder::with_capacity(Vec::new(), 10);
+            let mut rest = msg.as_slice();
+            while !rest.is_empty() {
+                let (piece, more) = rest.split_at(((next() % 1200) as usize + 1).min(rest.len()));
+                e.write_all(piece).unwrap();
+                rest = more;
+            }
+            assert_eq!(e.finish().unwrap(), want);
+        }
+        let long_lines = [vec![b'x'; 3 * MAX_LINE + 5], b".".repeat(2 * MAX_LINE + 1)].concat();
+        assert_eq!(encode(&long_lines), reference(&long_lines));
     }
 
     #[test]

@@ -830,7 +830,10 @@ fn send_message(conn: &mut Conn, msg: &Outgoing<'_>, timeout: Duration) -> Resul
     let mut body = msg.body();
     let mut entry = EntryReader { inner: &mut body, error: None };
     let sent = {
-        let mut enc = DataEncoder::new(conn.writer());
+        // Room for the message and its CRs, up to the encoder's 64 KiB.
+        let size = usize::try_from(msg.size).unwrap_or(usize::MAX);
+        let expected = msg.received.len().saturating_add(size).saturating_add(size / 16).saturating_add(64);
+        let mut enc = DataEncoder::with_capacity(conn.writer(), expected);
         enc.write_all(msg.received.as_bytes())
             .and_then(|()| enc.write_all(b"\r\n"))
             .and_then(|()| enc.copy_from(&mut entry))
