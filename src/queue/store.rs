@@ -135,9 +135,16 @@ pub struct Store {
     /// known to be durable (their state files wait for it), with tickets.
     delivered: Mutex<Vec<(String, u64)>>,
     delivered_added: Condvar,
+    /// The last descriptors of removed entries, closed by the settling
+    /// thread (see [`Store::retire`]).
+    retired: Mutex<Vec<std::fs::File>>,
     /// The helper's group: every entry in `new/` must have it.
     pub drop_gid: Gid,
 }
+
+/// Most descriptors of removed entries waiting for the settling thread to
+/// close them (each is one open file of the runner's).
+const MAX_RETIRED: usize = 64;
 
 const DIR_FLAGS: OFlag = OFlag::O_RDONLY.union(OFlag::O_DIRECTORY).union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC);
 
@@ -193,6 +200,7 @@ impl Store {
             syncs,
             delivered: Mutex::new(Vec::new()),
             delivered_added: Condvar::new(),
+            retired: Mutex::new(Vec::new()),
             drop_gid,
         })
     }
@@ -291,6 +299,25 @@ impl Store {
         Ok(())
     }
 
+    /// Hand over the descriptor of an entry just removed, to be closed by
+    /// the settling thread. Closing the last descriptor of a removed file
+    /// is when the file system frees it (and, mounted with `discard`,
+    /// waits for the device to discard its blocks): work that need not
+    /// hold up a delivery thread. Past [`MAX_RETIRED`] waiting, the caller
+    /// closes it itself.
+    pub fn retire(&self, file: std::fs::File) {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        if retired.len() < MAX_RETIRED {
+            retired.push(file);
+        }
+    }
+
+    /// Close the descriptors handed over by [`Store::retire`].
+    fn close_retired(&self) {
+        let files = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(files);
+    }
+
     /// Make the removals of delivered entries durable, all with one
     /// `fsync` of `active/`, then remove their state files. Waits up to
     /// `wait` for one to arrive; returns the IDs settled. Removals made
@@ -304,6 +331,7 @@ impl Store {
         }
         let batch = std::mem::take(&mut *pending);
         drop(pending);
+        self.close_retired();
         let Some(ticket) = batch.iter().map(|(_, t)| *t).max() else { return Ok(Vec::new()) };
         self.sync_dir(Some(Queue::Active), ticket)?;
         let mut done = Vec::with_capacity(batch.len());

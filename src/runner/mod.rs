@@ -271,10 +271,13 @@ impl Runner {
         })
     }
 
-    /// Most entries claimed at once: enough to keep every worker busy,
-    /// few enough that a crash leaves little in `active/`.
+    /// Most entries claimed at once: enough to keep every worker busy
+    /// while the next claim waits for its directory flushes (a few
+    /// milliseconds on a slow disk), few enough that a crash leaves little
+    /// in `active/` (and only the first `connections` of them count an
+    /// interruption: `recover::possibly_attempted`).
     fn window(&self) -> usize {
-        self.settings.runner.connections.saturating_mul(4).max(4)
+        self.settings.runner.connections.saturating_mul(16).max(16)
     }
 
     /// Claims are made when no more than this many entries are in flight,
@@ -283,7 +286,7 @@ impl Runner {
     /// of a flush pair per message as each worker frees up, while every
     /// worker still has entries waiting for it.
     fn refill_at(&self) -> usize {
-        self.settings.runner.connections.saturating_mul(2).max(2)
+        self.settings.runner.connections.saturating_mul(8).max(8)
     }
 
     /// Find work: everything in `new/`, and, when `deferred` is set,
@@ -667,7 +670,11 @@ fn worker(store: &Store, jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, wake:
                 let _ = store.set_due(id.as_str(), now());
             }
         } else if let Some((_, t)) = transport.as_mut() {
-            attempt::attempt(store, &s, t.as_mut(), &job.entry, job.state);
+            if attempt::attempt(store, &s, t.as_mut(), &job.entry, job.state) == attempt::Disposition::Delivered {
+                // Its name is gone: closing the file frees it, which the
+                // settling thread does, not this one.
+                store.retire(job.entry.file);
+            }
         } else {
             // No transport could be built: leave it for a later pass.
             let _ = store.rename_durably(Queue::Active, Queue::Deferred, id.as_str());
