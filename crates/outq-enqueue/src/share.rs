@@ -86,13 +86,20 @@ struct Record {
 /// `outq_spool::fs::lock`).
 pub struct Ledger {
     file: File,
-    /// Queue IDs and the bytes each is counted for.
-    records: Vec<Record>,
+    /// How the new record is written.
+    update: Update,
     /// The bytes a new record is counted for: `message_size_limit`.
     reserve: u64,
-    /// The ledger's length as read, when it was read whole: a rewrite at
-    /// least as long needs no truncation.
-    len: Option<u64>,
+}
+
+enum Update {
+    /// The ledger as read is kept: the new line goes at this offset, its
+    /// end (the common case, which reads no record into memory).
+    Append(u64),
+    /// The ledger is written anew from these records (after a look-up,
+    /// or when it was cut or damaged), truncated when it got shorter
+    /// than `len`, its length as read (`None`: longer than was read).
+    Rewrite { records: Vec<Record>, len: Option<u64> },
 }
 
 fn name_for(uid: u32) -> String {
@@ -153,20 +160,27 @@ pub fn check(dirs: &Dirs, cfg: &Config, env: &Env, total: u64) -> Result<Option<
     // A damaged ledger only resets the count.
     let (text, len) = read_ledger(&file, u64::try_from(st.st_size).unwrap_or(0));
     let reserve = cfg.message_size_limit;
-    let records = parse_records(&String::from_utf8_lossy(&text), reserve);
-    let recorded = sum_of(&records);
-    if records.len() < MAX_RECORDS && recorded.saturating_add(reserve) <= limit && !prune_due(&records) {
-        return Ok(Some(Ledger { file, records, reserve, len }));
+    let t = tally(&text, reserve);
+    let due = t.records >= MAX_RECORDS || t.bytes.saturating_add(reserve) > limit || prune_due(t.new, t.records);
+    if !due {
+        // Appending keeps every line as it is: only when the text is whole
+        // and ends its last line.
+        let update = match len {
+            Some(len) if text.last().is_none_or(|b| *b == b'\n') => Update::Append(len),
+            _ => Update::Rewrite { records: parse_records(&text, reserve), len },
+        };
+        return Ok(Some(Ledger { file, update, reserve }));
     }
     // Near the share by the records, or enough new ones since the last
     // look-up: find what is really held.
-    let records: Vec<Record> = records
+    let records: Vec<Record> = parse_records(&text, reserve)
         .into_iter()
         .filter_map(|r| held(dirs, &r.id, reserve).map(|bytes| Record { id: r.id, bytes, looked_up: true }))
         .collect();
     let used = sum_of(&records);
-    let mut ledger = Ledger { file, records, reserve, len };
-    if ledger.records.len() >= MAX_RECORDS || used.saturating_add(reserve) > limit {
+    let kept = records.len();
+    let mut ledger = Ledger { file, update: Update::Rewrite { records, len }, reserve };
+    if kept >= MAX_RECORDS || used.saturating_add(reserve) > limit {
         // Keep what was pruned: the next call reads less.
         ledger.write();
         return Err(over_share(limit, used));
@@ -176,23 +190,57 @@ pub fn check(dirs: &Dirs, cfg: &Config, env: &Env, total: u64) -> Result<Option<
 
 /// Whether the IDs recorded since the last look-up call for one: at least
 /// [`PRUNE_MIN`] of them, and at least as many as that look-up kept, so
-/// that the look-ups cost at most two per submission on average.
-fn prune_due(records: &[Record]) -> bool {
-    let new = records.iter().filter(|r| !r.looked_up).count();
-    new >= PRUNE_MIN && new >= records.len() - new
+/// that the look-ups cost at most two per submission on average. `new` of
+/// `records` are new.
+fn prune_due(new: usize, records: usize) -> bool {
+    new >= PRUNE_MIN && new >= records.saturating_sub(new)
 }
 
-/// The records of a ledger's text: `ID BYTES` (looked up) or `ID` (recorded
-/// since, counted at `reserve`) per line; anything else is skipped.
-fn parse_records(text: &str, reserve: u64) -> Vec<Record> {
-    text.lines()
-        .filter_map(|line| {
-            let (id, bytes, looked_up) = match line.split_once(' ') {
-                Some((id, b)) => (id, b.parse::<u64>().ok()?, true),
-                None => (line, reserve, false),
-            };
-            QueueId::parse(id).map(|_| Record { id: id.to_owned(), bytes, looked_up })
-        })
+/// What a ledger's records add up to, read without keeping them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    records: usize,
+    /// Records since the last look-up (an ID alone).
+    new: usize,
+    bytes: u64,
+}
+
+/// One line of a ledger: `ID BYTES` (looked up) or `ID` (recorded since,
+/// counted at `reserve`); `None` for anything else, which is skipped.
+fn record_line(line: &[u8], reserve: u64) -> Option<(&[u8], u64, bool)> {
+    let (id, bytes, looked_up) = match line.iter().position(|b| *b == b' ') {
+        Some(sp) => {
+            let digits = line.get(sp + 1..)?;
+            if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            (line.get(..sp)?, n, true)
+        }
+        None => (line, reserve, false),
+    };
+    QueueId::is_valid(id).then_some((id, bytes, looked_up))
+}
+
+fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    text.split(|b| *b == b'\n').filter(|l| !l.is_empty())
+}
+
+fn tally(text: &[u8], reserve: u64) -> Tally {
+    let mut t = Tally { records: 0, new: 0, bytes: 0 };
+    for (_, bytes, looked_up) in lines(text).filter_map(|l| record_line(l, reserve)) {
+        t.records += 1;
+        t.new += usize::from(!looked_up);
+        t.bytes = t.bytes.saturating_add(bytes);
+    }
+    t
+}
+
+/// The records of a ledger's text (see [`record_line`]).
+fn parse_records(text: &[u8], reserve: u64) -> Vec<Record> {
+    lines(text)
+        .filter_map(|l| record_line(l, reserve))
+        .map(|(id, bytes, looked_up)| Record { id: String::from_utf8_lossy(id).into_owned(), bytes, looked_up })
         .collect()
 }
 
@@ -246,13 +294,23 @@ impl Ledger {
     /// `message_size_limit` until a look-up finds its size, and release
     /// the ledger.
     pub fn record(mut self, id: &QueueId) {
-        self.records.push(Record { id: id.as_str().to_owned(), bytes: self.reserve, looked_up: false });
-        self.write();
+        match &mut self.update {
+            Update::Append(at) => {
+                // A failure leaves the ledger without this record: it
+                // undercounts by one message until the ID is gone.
+                let _ = self.file.write_all_at(format!("{id}\n").as_bytes(), *at);
+            }
+            Update::Rewrite { records, .. } => {
+                records.push(Record { id: id.as_str().to_owned(), bytes: self.reserve, looked_up: false });
+                self.write();
+            }
+        }
     }
 
     fn write(&mut self) {
-        let mut text = String::with_capacity(self.records.len() * 48);
-        for r in &self.records {
+        let Update::Rewrite { records, len } = &self.update else { return };
+        let mut text = String::with_capacity(records.len() * 48);
+        for r in records {
             text.push_str(&r.id);
             if r.looked_up {
                 text.push(' ');
@@ -263,7 +321,7 @@ impl Ledger {
         // One write from the start, and a truncation only when the text
         // got shorter. Failures leave an older ledger: it only
         // undercounts until the next submission prunes it again.
-        let shorter = self.len.is_none_or(|old| (text.len() as u64) < old);
+        let shorter = len.is_none_or(|old| (text.len() as u64) < old);
         let _ = self.file.write_all_at(text.as_bytes(), 0);
         if shorter {
             let _ = self.file.set_len(text.len() as u64);
@@ -273,7 +331,7 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_LEDGER, PRUNE_MIN, Record, parse_records, prune_due, read_ledger};
+    use super::{MAX_LEDGER, PRUNE_MIN, Record, Tally, parse_records, prune_due, read_ledger, tally};
     use std::io::Write;
 
     fn ledger_with(text: &[u8]) -> std::fs::File {
@@ -308,26 +366,26 @@ mod tests {
 
     #[test]
     fn records_carry_their_bytes_and_a_new_one_counts_at_the_reserve() {
-        let text =
-            "06B1265C19594C0F0F4629F5FF 4274\n06B1265C19E2A243DA57983BE3\nnot-an-id 5\n06B1265C19E2A243DA57983BE4 x\n";
+        let text = b"06B1265C19594C0F0F4629F5FF 4274\n06B1265C19E2A243DA57983BE3\nnot-an-id 5\n\
+06B1265C19E2A243DA57983BE4 x\n06B1265C19E2A243DA57983BE5 \n06b1265c19e2a243da57983be6\n\n\
+06B1265C19E2A243DA57983BE7 99999999999999999999\n";
         let rec = |id: &str, bytes, looked_up| Record { id: id.to_owned(), bytes, looked_up };
         assert_eq!(
             parse_records(text, 1000),
             vec![rec("06B1265C19594C0F0F4629F5FF", 4274, true), rec("06B1265C19E2A243DA57983BE3", 1000, false)]
         );
+        assert_eq!(tally(text, 1000), Tally { records: 2, new: 1, bytes: 5274 });
+        assert_eq!(tally(b"", 1000), Tally { records: 0, new: 0, bytes: 0 });
     }
 
     #[test]
     fn a_look_up_is_due_when_the_new_records_are_many_and_outnumber_the_kept_ones() {
-        let ledger = |kept: usize, new: usize| -> Vec<Record> {
-            let r = |looked_up| Record { id: String::new(), bytes: 1, looked_up };
-            (0..kept).map(|_| r(true)).chain((0..new).map(|_| r(false))).collect()
-        };
-        assert!(!prune_due(&ledger(0, PRUNE_MIN - 1)));
-        assert!(prune_due(&ledger(0, PRUNE_MIN)));
-        assert!(prune_due(&ledger(PRUNE_MIN, PRUNE_MIN)));
-        assert!(!prune_due(&ledger(PRUNE_MIN + 1, PRUNE_MIN)));
-        assert!(!prune_due(&ledger(1000, 999)));
-        assert!(prune_due(&ledger(1000, 1000)));
+        let due = |kept: usize, new: usize| prune_due(new, kept + new);
+        assert!(!due(0, PRUNE_MIN - 1));
+        assert!(due(0, PRUNE_MIN));
+        assert!(due(PRUNE_MIN, PRUNE_MIN));
+        assert!(!due(PRUNE_MIN + 1, PRUNE_MIN));
+        assert!(!due(1000, 999));
+        assert!(due(1000, 1000));
     }
 }

@@ -37,8 +37,12 @@ impl QueueId {
 
     /// Accept exactly 26 upper-case hexadecimal digits, nothing else.
     pub fn parse(s: &str) -> Option<QueueId> {
-        let ok = s.len() == LEN && s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
-        ok.then(|| QueueId(s.to_owned()))
+        QueueId::is_valid(s.as_bytes()).then(|| QueueId(s.to_owned()))
+    }
+
+    /// Whether `b` is a queue ID: [`LEN`] upper-case hexadecimal digits.
+    pub fn is_valid(b: &[u8]) -> bool {
+        b.len() == LEN && b.iter().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b))
     }
 
     pub fn as_str(&self) -> &str {
