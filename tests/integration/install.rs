@@ -227,6 +227,10 @@ fn the_scripts_pass_shellcheck() {
         c.arg(top().join(s));
     }
     ok("shellcheck", &run(c));
+    // The build script is bash (its shebang tells shellcheck).
+    let mut c = Command::new("shellcheck");
+    c.arg(top().join("install/build-helper"));
+    ok("shellcheck install/build-helper", &run(c));
 }
 
 // ---------------------------------------------------------------------------
