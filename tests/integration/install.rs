@@ -44,7 +44,9 @@ use std::time::Duration;
 use nix::unistd::{Group, User};
 use outq_spool::layout::{GroupRole, Kind, PARTS};
 
-use crate::support::{Account, Ran, TestAccounts, bin, privileged, privileged_lock, root_tempdir, run_timeout};
+use crate::support::{
+    Account, Elf, Ran, TestAccounts, bin, privileged, privileged_lock, root_tempdir, run_timeout, static_helper,
+};
 use crate::sysroot::Sysroot;
 
 /// Bound for one script or program run (the package build has its own).
@@ -962,6 +964,27 @@ fn the_debian_package_replaces_postfix_installs_delivers_removes_and_purges() {
     let now = Command::new("dpkg-query").args(["-W", "-f=${Status}", "postfix"]).output().unwrap().stdout;
     assert_eq!(now, host_postfix, "the host's Postfix is as it was");
     let _ = writeln!(std::io::stderr(), "{test}: {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// The ELF reader of the static-pie checks tells the debug `outq` (a
+/// dynamically linked position-independent executable) from the helper of
+/// `install/build-helper`, when that is built.
+#[test]
+fn the_elf_reader_tells_static_pie_from_dynamically_linked() {
+    let outq = Elf::read(&bin("outq")).unwrap();
+    assert_eq!(outq.e_type, Elf::ET_DYN, "{outq:?}");
+    assert!(outq.interp && outq.needed > 0 && !outq.is_static_pie(), "outq is dynamically linked: {outq:?}");
+    assert!(Elf::parse(b"#!/bin/sh\n").is_err());
+    assert!(Elf::parse(&std::fs::read(bin("outq")).unwrap()[..40]).is_err(), "a truncated header is an error");
+    match static_helper() {
+        Some(p) => {
+            let elf = Elf::read(&p).unwrap();
+            assert!(elf.is_static_pie() && elf.relro, "{} is not static-pie with RELRO: {elf:?}", p.display());
+        }
+        None => {
+            let _ = writeln!(std::io::stderr(), "(no static helper built: install/build-helper; only outq was read)");
+        }
+    }
 }
 
 #[test]

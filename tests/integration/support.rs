@@ -1,5 +1,15 @@
 /*!
 Test support: run the built binaries and assert on what they did.
+
+The helper the tests run is the workspace's debug build, or the file named
+by `OUTQ_TEST_HELPER` (an absolute path) when that is set: `.ci/run` sets
+it to the static-pie helper of `install/build-helper`, the one the
+packages ship, so the whole suite, the privileged tests included, runs
+against it. The first test that runs the helper prints one line saying
+which helper it is and how it is linked (`helper under test: PATH
+(OUTQ_TEST_HELPER; static-pie)`). [`Elf`] reads the ELF header and
+program headers that tell a static-pie executable from a dynamically
+linked one.
 */
 
 use std::io::Write;
@@ -10,11 +20,157 @@ use std::process::{Command, Output, Stdio};
 /// Path of a workspace binary. `outq` is built for this test by cargo; the
 /// helper lives in its own package and is built by `cargo build --workspace`
 /// (the README's test command runs that first).
+///
+/// The helper is the one named by [`TEST_HELPER_VAR`] when it is set: CI
+/// sets it to the static-pie build of `install/build-helper`, the helper
+/// the packages ship, so that every test (the privileged ones included)
+/// runs that binary rather than the debug build. The first call for the
+/// helper prints which one the tests run.
 pub fn bin(name: &str) -> PathBuf {
+    if name == "outq-enqueue" {
+        if let Some(p) = test_helper() {
+            report_helper(&p, true);
+            return p;
+        }
+    }
     let outq = PathBuf::from(env!("CARGO_BIN_EXE_outq"));
     let p = outq.with_file_name(name);
     assert!(p.exists(), "{} is not built: run 'cargo build --workspace' before the tests", p.display());
+    if name == "outq-enqueue" {
+        report_helper(&p, false);
+    }
     p
+}
+
+/// `OUTQ_TEST_HELPER=/path/to/outq-enqueue`: the helper every test runs
+/// in place of the workspace's debug build (an absolute path to a file).
+pub const TEST_HELPER_VAR: &str = "OUTQ_TEST_HELPER";
+
+/// The helper named by [`TEST_HELPER_VAR`], if it is set and not empty.
+pub fn test_helper() -> Option<PathBuf> {
+    let p = PathBuf::from(std::env::var_os(TEST_HELPER_VAR).filter(|v| !v.is_empty())?);
+    assert!(p.is_absolute(), "{TEST_HELPER_VAR}={} is not an absolute path", p.display());
+    assert!(p.is_file(), "{TEST_HELPER_VAR}={} is not a file", p.display());
+    Some(p)
+}
+
+/// The static-pie helper that `install/build-helper` made: the one named by
+/// [`TEST_HELPER_VAR`], else `release/helper/outq-enqueue` in this build's
+/// target directory when it is there.
+pub fn static_helper() -> Option<PathBuf> {
+    if let Some(p) = test_helper() {
+        return Some(p);
+    }
+    let outq = PathBuf::from(env!("CARGO_BIN_EXE_outq"));
+    let p = outq.parent()?.parent()?.join("release/helper/outq-enqueue");
+    p.is_file().then_some(p)
+}
+
+static HELPER_REPORTED: std::sync::Once = std::sync::Once::new();
+
+/// One line, once per test process, on standard error: the helper the
+/// tests run, where it came from and how it is linked.
+fn report_helper(p: &Path, from_env: bool) {
+    HELPER_REPORTED.call_once(|| {
+        let origin = if from_env { TEST_HELPER_VAR } else { "the workspace build" };
+        let kind = Elf::read(p).map_or_else(|e| format!("not a readable ELF file: {e}"), |elf| elf.kind());
+        // Straight to the descriptor, as the skip lines: libtest captures
+        // eprintln! of passing tests.
+        let _ = writeln!(std::io::stderr(), "helper under test: {} ({origin}; {kind})", p.display());
+    });
+}
+
+/// What the tests need to know of an ELF64 little-endian executable: its
+/// type and the program headers and dynamic entries that tell a static-pie
+/// executable from one that needs the dynamic loader. Read by hand from
+/// the file (the offsets of the System V ABI), with no ELF crate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Elf {
+    /// `e_type`: [`Elf::ET_EXEC`], [`Elf::ET_DYN`]...
+    pub e_type: u16,
+    /// Whether a `PT_INTERP` program header names a program interpreter.
+    pub interp: bool,
+    /// Whether a `PT_GNU_RELRO` program header is there.
+    pub relro: bool,
+    /// The `DT_NEEDED` entries of the dynamic section (shared libraries).
+    pub needed: usize,
+}
+
+impl Elf {
+    pub const ET_EXEC: u16 = 2;
+    pub const ET_DYN: u16 = 3;
+    const PT_DYNAMIC: u32 = 2;
+    const PT_INTERP: u32 = 3;
+    const PT_GNU_RELRO: u32 = 0x6474_e552;
+    const DT_NULL: u64 = 0;
+    const DT_NEEDED: u64 = 1;
+
+    /// Parse `path`; an error names what is wrong with it.
+    pub fn read(path: &Path) -> Result<Elf, String> {
+        let data = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        Elf::parse(&data)
+    }
+
+    pub fn parse(data: &[u8]) -> Result<Elf, String> {
+        fn field<const N: usize>(data: &[u8], at: u64) -> Result<[u8; N], String> {
+            let at = usize::try_from(at).map_err(|_| format!("offset {at} out of range"))?;
+            data.get(at..at.saturating_add(N))
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| format!("truncated at offset {at}"))
+        }
+        let u16_at = |at: u64| field::<2>(data, at).map(u16::from_le_bytes);
+        let u32_at = |at: u64| field::<4>(data, at).map(u32::from_le_bytes);
+        let u64_at = |at: u64| field::<8>(data, at).map(u64::from_le_bytes);
+        if data.get(..4) != Some(b"\x7fELF".as_slice()) {
+            return Err("no ELF magic".into());
+        }
+        // e_ident: EI_CLASS 2 (64-bit), EI_DATA 1 (little endian).
+        if data.get(4..6) != Some([2u8, 1].as_slice()) {
+            return Err("not ELF64 little endian".into());
+        }
+        let e_type = u16_at(16)?;
+        let (phoff, phentsize, phnum) = (u64_at(32)?, u64::from(u16_at(54)?), u64::from(u16_at(56)?));
+        let (mut interp, mut relro, mut needed) = (false, false, 0);
+        for i in 0..phnum {
+            let ph = phoff + i * phentsize;
+            match u32_at(ph)? {
+                Elf::PT_INTERP => interp = true,
+                Elf::PT_GNU_RELRO => relro = true,
+                Elf::PT_DYNAMIC => {
+                    // p_offset at 8, p_filesz at 32; entries of 16 bytes.
+                    let (off, size) = (u64_at(ph + 8)?, u64_at(ph + 32)?);
+                    for d in (off..off + size).step_by(16) {
+                        match u64_at(d)? {
+                            Elf::DT_NULL => break,
+                            Elf::DT_NEEDED => needed += 1,
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Elf { e_type, interp, relro, needed })
+    }
+
+    /// A position-independent executable that needs no dynamic loader and
+    /// no shared library.
+    pub fn is_static_pie(&self) -> bool {
+        self.e_type == Elf::ET_DYN && !self.interp && self.needed == 0
+    }
+
+    /// "static-pie", "dynamically linked" or what else it is, in words.
+    pub fn kind(&self) -> String {
+        if self.is_static_pie() {
+            "static-pie".into()
+        } else if self.interp || self.needed > 0 {
+            format!("dynamically linked, {} shared libraries", self.needed)
+        } else if self.e_type == Elf::ET_EXEC {
+            "static, not position-independent".into()
+        } else {
+            format!("ELF type {}", self.e_type)
+        }
+    }
 }
 
 /// The result of running a program.
