@@ -1,7 +1,7 @@
 # Convenience targets; the real work is in install/ and cargo.
 .PHONY: all install uninstall check test
 all:
-	cargo build --release --workspace
+	$(MAKE) -C install build
 install:
 	$(MAKE) -C install install
 uninstall:

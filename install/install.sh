@@ -17,6 +17,8 @@
 #   OUTQ_GROUP  [outqdrop]        the helper's dedicated group
 #   BINDIR      [$CARGO_TARGET_DIR/release, else target/release]
 #                                 where the built programs are
+#   HELPER      [BINDIR/helper/outq-enqueue] the helper to install: the
+#                                 static-pie build of install/build-helper
 #   MANIFEST    [DESTDIR.manifest] with DESTDIR: where the intended owner,
 #                                 group and mode of each path is recorded
 #
@@ -60,6 +62,7 @@ SPOOLDIR=${SPOOLDIR:-/var/spool/outq}
 OUTQ_USER=${OUTQ_USER:-outq}
 OUTQ_GROUP=${OUTQ_GROUP:-outqdrop}
 BINDIR=${BINDIR:-${CARGO_TARGET_DIR:-$top/target}/release}
+HELPER=${HELPER:-$BINDIR/helper/outq-enqueue}
 
 # Every path ends up in a unit file, a sed expression or a configuration
 # line: allow only plain characters.
@@ -212,7 +215,7 @@ adapt_tmpfiles() {
 # The programs read their configuration path, and find the helper, at
 # paths fixed when they were built (OUTQ_CONFIG_PATH, OUTQ_ENQUEUE_PROGRAM).
 check_built_paths() {
-    if [ "$conf" != /etc/outq/outq.conf ] && ! grep -qaF "$conf" "$BINDIR/outq-enqueue"; then
+    if [ "$conf" != /etc/outq/outq.conf ] && ! grep -qaF "$conf" "$HELPER"; then
         warn "the helper was built to read /etc/outq/outq.conf, not $conf: rebuild with OUTQ_CONFIG_PATH=$conf"
     fi
     if [ "$sbindir" != /usr/sbin ] && ! grep -qaF "$sbindir/outq-enqueue" "$BINDIR/outq"; then
@@ -256,17 +259,18 @@ ensure_accounts() {
 }
 
 do_install() {
-    for prog in outq-enqueue outq; do
-        if [ ! -f "$BINDIR/$prog" ]; then
-            die "$BINDIR/$prog is not built: run 'cargo build --release --workspace' (or set BINDIR)"
-        fi
-    done
+    if [ ! -f "$BINDIR/outq" ]; then
+        die "$BINDIR/outq is not built: run 'cargo build --release -p outq' (or set BINDIR)"
+    fi
+    if [ ! -f "$HELPER" ]; then
+        die "$HELPER is not built: run 'install/build-helper' (or set HELPER)"
+    fi
     check_built_paths
     if [ -z "$DESTDIR" ]; then
         ensure_accounts
     fi
 
-    put "$BINDIR/outq-enqueue" "$sbindir/outq-enqueue" 2755 root "$OUTQ_GROUP"
+    put "$HELPER" "$sbindir/outq-enqueue" 2755 root "$OUTQ_GROUP"
     put "$BINDIR/outq" "$sbindir/outq" 0755 root root
     if [ -f "$BINDIR/outq-sendmail" ]; then
         put "$BINDIR/outq-sendmail" "$sbindir/outq-sendmail" 0755 root root

@@ -385,8 +385,11 @@ fn copy_tree(dir: &Path) -> (PathBuf, PathBuf) {
             }
         }
     }
-    for prog in ["outq", "outq-enqueue", "outq-sendmail"] {
-        let to = src.join("bin").join(prog);
+    // The helper where install/build-helper puts it, install.sh's default.
+    std::fs::create_dir(src.join("bin/helper")).unwrap();
+    std::fs::set_permissions(src.join("bin/helper"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (prog, at) in [("outq", "outq"), ("outq-enqueue", "helper/outq-enqueue"), ("outq-sendmail", "outq-sendmail")] {
+        let to = src.join("bin").join(at);
         std::fs::copy(bin(prog), &to).unwrap();
         std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
@@ -458,7 +461,14 @@ fn staging_as_root_sets_every_owner_group_and_mode() {
     let destdir = dir.path().join("stage");
     let d = destdir.display().to_string();
     let bindir = bin("outq").parent().unwrap().display().to_string();
-    let vars = [("DESTDIR", d.as_str()), ("BINDIR", bindir.as_str()), ("OUTQ_USER", user), ("OUTQ_GROUP", group)];
+    let helper = bin("outq-enqueue").display().to_string();
+    let vars = [
+        ("DESTDIR", d.as_str()),
+        ("BINDIR", bindir.as_str()),
+        ("HELPER", helper.as_str()),
+        ("OUTQ_USER", user),
+        ("OUTQ_GROUP", group),
+    ];
     let script = top().join("install/install.sh");
 
     let r = run(install_sh(&script, &[], &vars));
@@ -553,6 +563,7 @@ fn live_install_creates_accounts_and_spool_and_purge_removes_them() {
     .unwrap();
     std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
     let bindir = bin("outq").parent().unwrap().display().to_string();
+    let helper = bin("outq-enqueue").display().to_string();
     let vars = [
         ("PREFIX", prefix.as_str()),
         ("SYSCONFDIR", sysconf.as_str()),
@@ -560,6 +571,7 @@ fn live_install_creates_accounts_and_spool_and_purge_removes_them() {
         ("OUTQ_USER", user.as_str()),
         ("OUTQ_GROUP", group.as_str()),
         ("BINDIR", bindir.as_str()),
+        ("HELPER", helper.as_str()),
     ];
     let script = top().join("install/install.sh");
 
@@ -637,8 +649,9 @@ const HELPER: &str = "/usr/sbin/outq-enqueue";
 const SPOOL: &str = "/var/spool/outq";
 const MAILDIR: &str = "/var/lib/outq-test-maildir";
 
-/// The package to test: `OUTQ_DEB`, else built here with `cargo deb` in
-/// its own target directory (one release build of the three programs).
+/// The package to test: `OUTQ_DEB`, else built here in its own target
+/// directory as `install/README.md` says: `cargo build --release -p
+/// outq`, `install/build-helper`, `cargo deb -p outq --no-build`.
 fn package(test: &str) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("OUTQ_DEB") {
         let p = PathBuf::from(p);
@@ -650,12 +663,23 @@ fn package(test: &str) -> Option<PathBuf> {
     }
     let target = bin("outq").parent().unwrap().parent().unwrap().join("deb-test");
     let out = target.join("debian");
-    let mut c = Command::new("cargo");
-    c.args(["deb", "-p", "outq", "--output"]).arg(&out).current_dir(top());
-    // Its own target directory (the test's cargo may hold the lock of this
-    // one) and none of the outer cargo's job server.
-    c.env("CARGO_TARGET_DIR", &target).env_remove("CARGO_MAKEFLAGS").env_remove("MAKEFLAGS").env_remove("MFLAGS");
-    let r = run_timeout(c, b"", Duration::from_secs(1800));
+    let build = |program: &str, args: &[&str]| {
+        let mut c = Command::new(program);
+        c.args(args).current_dir(top());
+        // Its own target directory (the test's cargo may hold the lock of
+        // this one) and none of the outer cargo's job server.
+        c.env("CARGO_TARGET_DIR", &target).env_remove("CARGO_MAKEFLAGS").env_remove("MAKEFLAGS").env_remove("MFLAGS");
+        c
+    };
+    ok(
+        "cargo build --release -p outq",
+        &run_timeout(build("cargo", &["build", "--release", "-p", "outq"]), b"", Duration::from_secs(1800)),
+    );
+    let helper = top().join("install/build-helper").display().to_string();
+    ok("install/build-helper", &run_timeout(build(&helper, &[]), b"", Duration::from_secs(600)));
+    let mut c = build("cargo", &["deb", "-p", "outq", "--no-build", "--output"]);
+    c.arg(&out);
+    let r = run_timeout(c, b"", Duration::from_secs(600));
     ok("cargo deb", &r);
     let deb = std::fs::read_dir(&out)
         .unwrap()
@@ -1048,19 +1072,24 @@ fn the_rpm_builds_with_exact_modes_owners_flags_and_scriptlets() {
     if !tool(test, "rpmbuild", &["--version"]) || !tool(test, "rpm", &["--version"]) {
         return;
     }
+    // The spec's %build refuses a helper that is not static-pie: the one
+    // of install/build-helper (OUTQ_TEST_HELPER in CI).
+    let Some(helper) = static_helper() else {
+        if std::env::var_os("OUTQ_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
+            panic!("{test}: no static-pie helper: run install/build-helper or set OUTQ_TEST_HELPER");
+        }
+        let _ = writeln!(std::io::stderr(), "SKIPPED (no static-pie helper: run install/build-helper): {test}");
+        return;
+    };
     // The release programs when they are built (CI builds them for the
     // .deb), else the test build's: the spec packages what it is given.
     let debug = bin("outq").parent().unwrap().to_path_buf();
     let release = debug.parent().unwrap().join("release");
-    let bindir = if ["outq", "outq-enqueue", "outq-sendmail"].iter().all(|p| release.join(p).is_file()) {
-        release
-    } else {
-        debug
-    };
+    let bindir = if ["outq", "outq-sendmail"].iter().all(|p| release.join(p).is_file()) { release } else { debug };
     let out = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
     let mut c = Command::new("/bin/sh");
-    c.arg(top().join("install/rpm/build.sh")).arg(out.path()).env("BINDIR", &bindir);
+    c.arg(top().join("install/rpm/build.sh")).arg(out.path()).env("BINDIR", &bindir).env("HELPER", &helper);
     ok("install/rpm/build.sh", &run(c));
     let _ = writeln!(std::io::stderr(), "rpmbuild: {:.1}s", started.elapsed().as_secs_f64());
     let arch_dir = std::fs::read_dir(out.path()).unwrap().next().unwrap().unwrap().path();
