@@ -18,20 +18,24 @@ As root (`SKIPPED (needs root): NAME` otherwise, a failure with
 - a live installation under a private prefix in `/run` creates the
   accounts, the spool, passes `outq check`; uninstall keeps queued mail,
   purge removes spool, configuration and accounts;
-- the Debian package (built with `cargo deb`, or given as `OUTQ_DEB`) is
-  installed with apt as the mail transport agent in a throw-away copy of
-  this machine (`sysroot`) that has Postfix and bsd-mailx: Postfix is
-  replaced and its queued mail reported, bsd-mailx stays and, installed
-  again, pulls in no exim4; `outq setup` runs non-interactively; mail goes
+- the Debian package (built as install/README.md says, or given as
+  `OUTQ_DEB`) is installed with apt as the mail transport agent in a
+  throw-away copy of this machine (`sysroot`) that has Postfix and
+  bsd-mailx: Postfix is replaced and its queued mail reported, bsd-mailx
+  stays and, installed again, pulls in no exim4; the installed helper is
+  static-pie; `outq setup` runs non-interactively; mail goes
   from an unprivileged user through the helper, `/usr/sbin/sendmail`,
   `/usr/lib/sendmail` and `mail(1)` to a Maildir with the runner as the
   package's `outq` user; `mailq` and `newaliases` work; `dpkg -r` keeps
   the queued mail and `dpkg -P` removes everything. This machine's own
   package state is never changed.
 
-Without privilege: lintian finds no error or warning in the package, and
-the RPM built from `install/rpm/outq.spec` has the expected modes,
-owners, flags and scriptlets (`rpm -qp --dump`, `--scripts`).
+Without privilege: the package's helper is static-pie (ELF type `DYN`,
+no program interpreter, no shared library) while `outq` and
+`outq-sendmail` are dynamically linked; lintian finds no error or warning
+in the package, and the RPM built from `install/rpm/outq.spec` has the
+expected modes, owners, flags and scriptlets (`rpm -qp --dump`,
+`--scripts`).
 */
 
 use std::collections::BTreeSet;
@@ -808,6 +812,11 @@ fn the_debian_package_replaces_postfix_installs_delivers_removes_and_purges() {
     assert!(all.contains("outq setup: /etc/outq/outq.conf written"), "the postinst runs outq setup: {all}");
     assert!(all.contains("outq check: /var/spool/outq is in order"), "the postinst runs outq check: {all}");
 
+    // The installed helper is the static-pie build of install/build-helper.
+    let elf = Elf::read(&sys.path(HELPER)).unwrap();
+    assert!(elf.is_static_pie() && elf.relro, "the installed {HELPER} is {}: {elf:?}", elf.kind());
+    let _ = writeln!(std::io::stderr(), "installed {HELPER}: {}", elf.kind());
+
     // What the package installs, with owners from the copy's accounts.
     assert_eq!(statoverride_in(&sys), "root outqdrop 2755 /usr/sbin/outq-enqueue");
     let mut want = vec![
@@ -1009,6 +1018,34 @@ fn the_elf_reader_tells_static_pie_from_dynamically_linked() {
             let _ = writeln!(std::io::stderr(), "(no static helper built: install/build-helper; only outq was read)");
         }
     }
+}
+
+/// The helper in the package is static-pie (ELF type `DYN`, no
+/// `PT_INTERP`, no `DT_NEEDED`, with `PT_GNU_RELRO`), and `outq` and
+/// `outq-sendmail` are not: read from the package's files, unpacked by
+/// `dpkg-deb -x`. (The package test checks the installed helper too.)
+#[test]
+fn the_debian_package_ships_the_helper_static_pie() {
+    let test = "the_debian_package_ships_the_helper_static_pie";
+    if !tool(test, "dpkg-deb", &["--version"]) {
+        return;
+    }
+    let Some(deb) = package(test) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Command::new("dpkg-deb");
+    c.arg("-x").arg(&deb).arg(dir.path());
+    ok("dpkg-deb -x", &run(c));
+    let elf = |p: &str| Elf::read(&dir.path().join(p.trim_start_matches('/'))).unwrap();
+    let helper = elf(HELPER);
+    assert_eq!(helper.e_type, Elf::ET_DYN, "{HELPER} is position-independent: {helper:?}");
+    assert!(!helper.interp, "{HELPER} names no program interpreter: {helper:?}");
+    assert_eq!(helper.needed, 0, "{HELPER} needs no shared library: {helper:?}");
+    assert!(helper.relro, "{HELPER} has RELRO: {helper:?}");
+    for p in ["/usr/sbin/outq", "/usr/sbin/outq-sendmail"] {
+        let e = elf(p);
+        assert!(e.interp && e.needed > 0, "{p} stays dynamically linked (it uses NSS): {e:?}");
+    }
+    let _ = writeln!(std::io::stderr(), "{}: {HELPER} is {}", deb.display(), helper.kind());
 }
 
 #[test]
