@@ -18,7 +18,8 @@
 #
 # HELPERS="LABEL=PATH ..." measures other builds of the helper too (for a
 # control that must fail, e.g. one without the fsync); default: the
-# release build. TRIALS (default 5) per file system and helper.
+# helper as shipped, the static-pie build of install/build-helper. TRIALS
+# (default 5) per file system and helper.
 #
 # Limits, stated in the report too: a file system without FS_IOC_SHUTDOWN
 # (btrfs on some kernels) cannot be cut this way and is reported as
@@ -41,7 +42,7 @@ build
 make_accounts
 install_helper
 mkdir -p "$OUT"
-read -r -a helpers <<<"${HELPERS:-outq=$rel/outq-enqueue}"
+read -r -a helpers <<<"${HELPERS:-outq=$helper_bin}"
 for h in "${helpers[@]}"; do
     install -o root -g root -m 0755 "${h#*=}" "$work/bin/h-${h%%=*}"
 done

@@ -15,7 +15,8 @@
 #   As root (the real measurement): a production-like install. It creates a
 #   unique helper group, queue-owner user and unprivileged caller user
 #   (oqb<PID>d, oqb<PID>o, oqb<PID>c), a temporary directory under /var/tmp
-#   with a copy of the release helper installed root:<group> 2755, a spool
+#   with a copy of the helper as shipped (the static-pie build of
+#   install/build-helper) installed root:<group> 2755, a spool
 #   made by `outq init --spool DIR --user OWNER --group GROUP`, and
 #   /etc/outq/outq.conf pointing at it with spool_min_free = 0. The helper
 #   and the floor both run as the caller through
@@ -56,8 +57,11 @@
 #   STRACE_RUNS (default 15; 0 skips the strace breakdown), BENCH_WAIT,
 #   BENCH_QUIET.
 #   It builds with CARGO_TARGET_DIR=<repo>/target/bench cargo build --release
-#   --workspace. As root it installs hyperfine (and jq) with apt-get when
-#   missing; without hyperfine it falls back to a bash timing loop.
+#   --workspace, then the static-pie helper with install/build-helper (into
+#   target/bench/release/helper/; a BENCH_REV commit older than that script
+#   is measured with its dynamically linked helper, and RESULTS.md says
+#   so). As root it installs hyperfine (and jq) with apt-get when missing;
+#   without hyperfine it falls back to a bash timing loop.
 #
 # Method
 #   hyperfine -N (no shell correction to estimate): every command but a bare
@@ -87,6 +91,8 @@ BENCH_QUIET=${BENCH_QUIET:-10}
 RCPT=bench@example.org
 export CARGO_TARGET_DIR="$top/target/bench"
 rel="$CARGO_TARGET_DIR/release"
+# The helper as shipped: static-pie, made by install/build-helper.
+helper_bin="$rel/helper/outq-enqueue"
 
 if [ "$RUNS" -lt 30 ] || [ "$ROUNDS" -lt 1 ] || [ $((RUNS / ROUNDS)) -lt 5 ]; then
     echo "enqueue.sh: RUNS must be at least 30, with at least 5 per round (ROUNDS)" >&2
@@ -183,7 +189,7 @@ chmod 0755 "$work"
 git_head=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git_dirty=$({ git -C "$top" status --porcelain 2>/dev/null || true; } | wc -l)
 if [ -n "${BENCH_NO_BUILD:-}" ]; then
-    build_desc="the existing build in target/bench (outq-enqueue built $(date -u -r "$rel/outq-enqueue" '+%Y-%m-%d %H:%M:%S UTC'); the work tree is now at $git_head with $git_dirty uncommitted paths)"
+    build_desc="the existing build in target/bench (outq-enqueue built $(date -u -r "$helper_bin" '+%Y-%m-%d %H:%M:%S UTC' 2>/dev/null || echo '?'); the work tree is now at $git_head with $git_dirty uncommitted paths)"
 elif [ -n "${BENCH_REV:-}" ]; then
     # A committed revision, exported clean: others' work in progress in the
     # work tree does not leak into the numbers.
@@ -192,13 +198,33 @@ elif [ -n "${BENCH_REV:-}" ]; then
     git -C "$top" archive "$rev" | tar -x -C "$work/src"
     say "building commit $rev: CARGO_TARGET_DIR=$CARGO_TARGET_DIR cargo build --release --workspace"
     (cd "$work/src" && cargo build --release --workspace --quiet)
+    rm -f "$helper_bin"
+    if [ -x "$work/src/install/build-helper" ]; then
+        say "building commit $rev's static-pie helper: install/build-helper"
+        "$work/src/install/build-helper" --quiet >&2
+    else
+        # Before install/build-helper the helper was shipped dynamically
+        # linked: measure that one, and say so.
+        say "commit $rev has no install/build-helper: measuring its dynamically linked helper"
+        mkdir -p "$rel/helper"
+        cp "$rel/outq-enqueue" "$helper_bin"
+    fi
     build_desc="commit $rev, exported with \`git archive\` (clean, BENCH_REV=$BENCH_REV)"
 else
     say "building: CARGO_TARGET_DIR=$CARGO_TARGET_DIR cargo build --release --workspace"
     (cd "$top" && cargo build --release --workspace --quiet)
+    say "building the static-pie helper: install/build-helper"
+    "$top/install/build-helper" --quiet >&2
     build_desc="the work tree: HEAD $git_head plus $git_dirty uncommitted paths"
 fi
-[ -x "$rel/outq" ] && [ -x "$rel/outq-enqueue" ] || die "no release build in $rel (unset BENCH_NO_BUILD)"
+[ -x "$rel/outq" ] && [ -x "$helper_bin" ] || die "no release build in $rel, or no helper $helper_bin (unset BENCH_NO_BUILD)"
+# How the helper measured is linked, read from the file: static-pie as
+# shipped, or dynamically linked (a commit before install/build-helper).
+if readelf -lW "$helper_bin" | grep -Eq '^ *INTERP '; then
+    helper_kind="dynamically linked (a build from before install/build-helper, not the static-pie helper shipped now)"
+else
+    helper_kind="static-pie, as shipped (install/build-helper)"
+fi
 
 if ! command -v hyperfine >/dev/null && [ "$root" = 1 ]; then
     say "installing hyperfine"
@@ -305,7 +331,7 @@ if [ "$root" = 1 ]; then
 
     mkdir -m 0755 "$work/bin"
     helper="$work/bin/outq-enqueue"
-    install -o root -g "$grp" -m 2755 "$rel/outq-enqueue" "$helper"
+    install -o root -g "$grp" -m 2755 "$helper_bin" "$helper"
     [ "$(stat -c '%U:%G %a' "$helper")" = "root:$grp 2755" ] || die "helper not installed root:$grp 2755"
 
     say "outq init --spool $spool --user $owner --group $grp"
@@ -337,7 +363,7 @@ if [ "$root" = 1 ]; then
 else
     mode="DEVELOPMENT MODE (not root: helper not set-group-ID, run with --spool/--config, no separate users)"
     caller=$(id -un)
-    helper="$rel/outq-enqueue"
+    helper="$helper_bin"
     printf 'spool_min_free = 0\nmyhostname = bench.example.org\n' >"$work/outq.conf"
     chmod 0644 "$work/outq.conf"
     say "outq init --spool $spool --config $work/outq.conf"
@@ -643,14 +669,14 @@ res="$work/RESULTS.md"
     echo "## Set-up"
     echo
     if [ "$root" = 1 ]; then
-        echo "- helper: a copy of the release \`outq-enqueue\`, \`$helper\`, installed \`root:$grp 2755\` (production: \`root:outqdrop 2755\`)"
+        echo "- helper: a copy of \`outq-enqueue\`, $helper_kind, \`$helper\`, installed \`root:$grp 2755\` (production: \`root:outqdrop 2755\`)"
         echo "- spool: \`outq init --spool $spool --user $owner --group $grp\`; the sanity check's committed entry was \`$entry_stat\` (owner:group mode bytes)"
         echo "- configuration: $config_desc, \`queue_user = $owner\`, \`setgid_group = $grp\`; $conf_note"
         echo "- caller: unprivileged user \`$caller\` (uid $cuid, gid $cgid, not a member of \`$grp\`); the helper and the floor run as it through \`$run_as\`"
         echo "- floor target: \`$floor/msg\`, in a directory owned by \`$caller\`"
         echo "- users \`$owner\`, \`$caller\` and groups \`$grp\`, \`$owner\`, \`$caller\` exist only for the run"
     else
-        echo "- **Development mode** (the script was not run as root): the helper is \`$helper\`, not set-group-ID, called with \`--spool\` and \`--config\` by the invoking user \`$caller\`. This is not the production path (no set-group-ID exec, no separate caller); run the script as root for that."
+        echo "- **Development mode** (the script was not run as root): the helper is \`$helper\` ($helper_kind), not set-group-ID, called with \`--spool\` and \`--config\` by the invoking user \`$caller\`. This is not the production path (no set-group-ID exec, no separate caller); run the script as root for that."
         echo "- spool: \`outq init --spool $spool --config $work/outq.conf\`; the sanity check's committed entry was \`$entry_stat\` (owner:group mode bytes)"
         echo "- configuration: $config_desc"
         echo "- floor target: \`$floor/msg\`"

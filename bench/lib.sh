@@ -26,6 +26,9 @@ OUT=${OUT:-$bench/out}
 RESULTS=${RESULTS:-$bench/results}
 export CARGO_TARGET_DIR="$top/target/bench"
 rel="$CARGO_TARGET_DIR/release"
+# The helper as it is shipped: static-pie, made by install/build-helper
+# (bench/run runs it after the release build).
+helper_bin="$rel/helper/outq-enqueue"
 PY=/usr/bin/python3
 SENDER=bench@example.org
 RCPT=bench@example.org
@@ -98,7 +101,7 @@ tools() {
     [ -x "$PY" ] || die "$PY is needed (the concurrent-callers driver)"
 }
 build() {
-    [ -x "$rel/outq" ] && [ -x "$rel/outq-enqueue" ] || die "no release build in $rel (run bench/run, which builds)"
+    [ -x "$rel/outq" ] && [ -x "$helper_bin" ] || die "no release build in $rel, or no static-pie helper $helper_bin (run bench/run, which builds both)"
 }
 
 # ------------------------------------------------------------- statistics
@@ -209,7 +212,7 @@ install_helper() {
     mkdir -m 0755 "$work/bin"
     helper="$work/bin/outq-enqueue"
     # HELPER_BIN: another build of the helper to measure (a variant).
-    install -o root -g "$grp" -m 2755 "${HELPER_BIN:-$rel/outq-enqueue}" "$helper"
+    install -o root -g "$grp" -m 2755 "${HELPER_BIN:-$helper_bin}" "$helper"
     [ "$(stat -c '%U:%G %a' "$helper")" = "root:$grp 2755" ] || die "helper not installed root:$grp 2755"
     outq="$work/bin/outq"
     install -o root -g root -m 0755 "$rel/outq" "$outq"
@@ -224,7 +227,7 @@ install_helper() {
 dev_helper() { # spool conf-extra -> $as_filler $fill_cmd RCPT... < MSG
     printf '# bench/%s: the filling helper\nspool_min_free = 0\nmyhostname = bench.example.org\n%s\n' "$me" "${2:-}" >"$work/fill.conf"
     chmod 0644 "$work/fill.conf"
-    [ -e "$work/bin/outq-enqueue-dev" ] || install -o root -g root -m 0755 "$rel/outq-enqueue" "$work/bin/outq-enqueue-dev"
+    [ -e "$work/bin/outq-enqueue-dev" ] || install -o root -g root -m 0755 "$helper_bin" "$work/bin/outq-enqueue-dev"
     as_filler="setpriv --reuid=$cuid --regid=$dgid --clear-groups"
     fill_cmd="$work/bin/outq-enqueue-dev --spool $1 --config $work/fill.conf"
 }

@@ -18,10 +18,11 @@
 # median of the per-run totals, the whole table of the last run is kept in
 # $RESULTS/syscalls/, with one complete trace of each program (*.trace). Every run starts with an empty queue.
 #
-# A static-pie build of the same helper is counted too (not what is
-# shipped: cargo cannot give one binary of the workspace
-# `-C target-feature=+crt-static`; built here with `cargo rustc` into
-# target/bench-static). SYSCALL_STATIC=0 skips it.
+# The helper counted is the one shipped, the static-pie build of
+# install/build-helper. The dynamically linked build of the same helper
+# (target/bench/release/outq-enqueue, from bench/run's
+# `cargo build --release --workspace`) is counted too, to show what the
+# dynamic loader costs. SYSCALL_DYNAMIC=0 skips it.
 #
 # Output: $OUT/syscalls.md (a section of RESULTS.md).
 me=syscalls.sh
@@ -36,13 +37,11 @@ rm -f "$raw"/*.txt "$raw"/*.trace
 
 make_accounts
 install_helper
-static=""
-if [ "${SYSCALL_STATIC:-1}" = 1 ]; then
-    say "building a static-pie helper (cargo rustc, target/bench-static)"
-    (cd "$top" && CARGO_TARGET_DIR="$top/target/bench-static" cargo rustc --release -q -p outq-enqueue --bin outq-enqueue -- -C target-feature=+crt-static) ||
-        die "cannot build the static-pie helper"
-    static="$work/bin/outq-enqueue-static"
-    install -o root -g "$grp" -m 2755 "$top/target/bench-static/release/outq-enqueue" "$static"
+dynamic=""
+if [ "${SYSCALL_DYNAMIC:-1}" = 1 ]; then
+    [ -x "$rel/outq-enqueue" ] || die "no dynamically linked helper $rel/outq-enqueue (bench/run builds it; SYSCALL_DYNAMIC=0 skips it)"
+    dynamic="$work/bin/outq-enqueue-dynamic"
+    install -o root -g "$grp" -m 2755 "$rel/outq-enqueue" "$dynamic"
 fi
 spool="$work/spool"
 make_spool "$spool"
@@ -80,25 +79,25 @@ clear_queues() {
 declare -A MED
 for size in 4k 1m; do
     m="$work/msg-$size"
-    for sys in floor outq static nullmailer; do
+    for sys in floor outq dynamic nullmailer; do
         : >"$work/$sys-$size.calls"
     done
     for ((i = 0; i < SYSCALL_RUNS; i++)); do
         clear_queues
         count "outq_$size" "$m" "$helper" -f "$SENDER" "$RCPT" >>"$work/outq-$size.calls"
-        if [ -n "$static" ]; then
-            count "static_$size" "$m" "$static" -f "$SENDER" "$RCPT" >>"$work/static-$size.calls"
+        if [ -n "$dynamic" ]; then
+            count "dynamic_$size" "$m" "$dynamic" -f "$SENDER" "$RCPT" >>"$work/dynamic-$size.calls"
         fi
         count "nullmailer_$size" "$m.nm" "$nmq" >>"$work/nullmailer-$size.calls"
         count "floor_$size" "$m" dd "of=$floor/msg" bs=64K conv=fsync status=none >>"$work/floor-$size.calls"
     done
-    [ "$(find "$spool/new" -type f | wc -l)" = "$([ -n "$static" ] && echo 2 || echo 1)" ] || die "outq-enqueue did not queue its message"
+    [ "$(find "$spool/new" -type f | wc -l)" = "$([ -n "$dynamic" ] && echo 2 || echo 1)" ] || die "outq-enqueue did not queue its message"
     # One full trace of each, for reading (not counted).
     clear_queues
     strace -f -o "$raw/outq_$size.trace" -u "$caller" "$helper" -f "$SENDER" "$RCPT" <"$m" >/dev/null
     strace -f -o "$raw/nullmailer_$size.trace" -u "$caller" "$nmq" <"$m.nm" >/dev/null
     [ "$(nm_count)" = 1 ] || die "nullmailer-queue did not queue its message"
-    for sys in floor outq static nullmailer; do
+    for sys in floor outq dynamic nullmailer; do
         MED[${sys}_$size]=$(median_of "$work/$sys-$size.calls")
     done
 done
@@ -114,13 +113,15 @@ calls() { awk -v s="$2" '$1 == s {print $2; f=1} END {if (!f) print 0}' "$raw/$1
     echo
     echo "outq-enqueue's first run in the fresh spool finds no \`submit_share\` ledger; each later one finds the queue ID of the run before in it (gone from new/ by then: two \`newfstatat\`), as a submission does when the runner has taken the account's last message. That is the spread of its counts."
     echo
-    echo "| size | floor (dd) | **outq-enqueue** (min–max) | same, static-pie (not shipped) | nullmailer-queue | outq / nullmailer | target: fewer than nullmailer |"
+    echo "outq-enqueue is the helper as shipped, static-pie (install/build-helper); the column after it counts the same helper dynamically linked (not shipped), whose dynamic loader runs in secure mode."
+    echo
+    echo "| size | floor (dd) | **outq-enqueue**, static-pie (min–max) | same, dynamically linked (not shipped) | nullmailer-queue | outq / nullmailer | target: fewer than nullmailer |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | --- |"
     for size in 4k 1m; do
-        o=${MED[outq_$size]} n=${MED[nullmailer_$size]} st=${MED[static_$size]}
+        o=${MED[outq_$size]} n=${MED[nullmailer_$size]} dy=${MED[dynamic_$size]}
         range=$(stats_of "$work/outq-$size.calls" | awk '{printf "%d–%d", $4, $5}')
-        [ -n "$static" ] || st="-"
-        printf '| %s | %s | **%s** (%s) | %s | %s | %s | %s |\n' "$size" "${MED[floor_$size]%.*}" "${o%.*}" "$range" "${st%.*}" "${n%.*}" \
+        [ -n "$dynamic" ] || dy="-"
+        printf '| %s | %s | **%s** (%s) | %s | %s | %s | %s |\n' "$size" "${MED[floor_$size]%.*}" "${o%.*}" "$range" "${dy%.*}" "${n%.*}" \
             "$(ratio "$o" "$n")" "$(verdict lt "$o" "$n")"
     done
     echo
@@ -135,6 +136,6 @@ calls() { awk -v s="$2" '$1 == s {print $2; f=1} END {if (!f) print 0}' "$raw/$1
     echo "The complete tables: \`bench/results/syscalls/\`."
 } >"$OUT/syscalls.md"
 for size in 4k 1m; do
-    echo "calls_$size floor=${MED[floor_$size]%.*} outq=${MED[outq_$size]%.*} static=${MED[static_$size]%.*} nullmailer=${MED[nullmailer_$size]%.*}"
+    echo "calls_$size floor=${MED[floor_$size]%.*} outq=${MED[outq_$size]%.*} dynamic=${MED[dynamic_$size]%.*} nullmailer=${MED[nullmailer_$size]%.*}"
 done >"$OUT/syscalls.summary"
 cat "$OUT/syscalls.md"
