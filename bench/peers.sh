@@ -30,7 +30,15 @@
 # 8 callers: bench/conc.py, run as the caller, starts 8 streams of
 # submissions (posix_spawn + wait, each timed) and reports messages/s
 # (all messages / wall time) and each message's latency. CONC_ROUNDS
-# interleaved rounds; the queues are emptied and synced between runs.
+# interleaved rounds; the queues are emptied and synced between runs, by
+# moving their files aside rather than removing them: on ext4 without a
+# journal (this machine's root file system), creating a file skips every
+# inode of its block group freed in the last minute, reading each one's
+# inode block, so a run that followed the removal of the previous run's
+# files in the same group (all of this benchmark's directories are in one)
+# would pay for them and the first would not. The files moved aside go
+# with the work directory at exit; Postfix's queue is put on hold
+# (`postsuper -h`) for the same reason.
 #
 # Output: $OUT/peers.md (a section of RESULTS.md), raw data in
 # $RESULTS/peers/.
@@ -167,12 +175,17 @@ for size in 4k 1m; do
     CONC_ARGS[postfix_$size]="$sendmail_cmd"
     CONC_ARGS[nullmailer_$size]="$nmq"
 done
+aside="$work/aside"
+mkdir -p "$aside"
 clear_all() {
-    find "$floor" -mindepth 1 -delete
-    find "$spool/new" -mindepth 1 -delete
-    find /var/spool/nullmailer/queue -type f -delete
+    local d
+    d=$(mktemp -d "$aside/XXXXXX")
+    find "$floor" -mindepth 1 -maxdepth 1 -exec mv -t "$d" {} +
+    mkdir "$d/new" "$d/nm"
+    find "$spool/new" -mindepth 1 -maxdepth 1 -exec mv -t "$d/new" {} +
+    find /var/spool/nullmailer/queue -type f -exec mv -t "$d/nm" {} +
     "$pf_settle"
-    postsuper -c "$PF/etc" -d ALL >/dev/null 2>&1 || true
+    postsuper -c "$PF/etc" -h ALL >/dev/null 2>&1 || true
     sync
 }
 systems=(floor outq postfix nullmailer)

@@ -59,8 +59,15 @@ fn run() -> Result<(), failure::Failure> {
     let caller = policy::authorize(&cfg, &env, args.sender.is_none())?;
     let envelope = policy::envelope(&args, &cfg, &caller)?;
     let fs_size = spool::check_free_space(&dirs, &cfg)?;
-    let ledger = share::check(&dirs, &cfg, &env, fs_size)?;
-    let (id, size) = write::submit(&dirs, &cfg, &env, &caller, &envelope, ledger)?;
+    // The file first, then the share: the ledger's lock, which every
+    // submission of the account waits for, is held only to read and append.
+    let entry = write::create(&dirs, &env)?;
+    if let Some(ledger) = share::check(&dirs, &cfg, &env, fs_size)? {
+        // Recorded while the file exists and is locked: concurrent helpers
+        // of the same account count it from now on.
+        ledger.record(&entry.id);
+    }
+    let (id, size) = write::submit(entry, &cfg, &env, &caller, &envelope)?;
     write::announce(&id, size, &caller, &envelope, &env);
     // The process ends right after this: the kernel closes the spool's
     // descriptors and the signalfd, so they are not closed one by one.

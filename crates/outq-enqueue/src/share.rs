@@ -24,8 +24,10 @@ recorded since and counted at `message_size_limit`. Under an exclusive
    has been picked up or removed and is dropped. Those sizes replace the
    recorded counts, and the helper refuses (75, naming `submit_share`) when
    their sum plus `message_size_limit` is over the share;
-3. creates and locks its own `tmp/ID` and records ID, then releases the
-   ledger.
+3. records the ID of its own `tmp/ID`, which it created and locked before
+   it took the ledger (so the ledger's lock, which every submission of
+   the account waits for, is held only to read, look up and append), then
+   releases the ledger. Over the share, that file is removed.
 
 While the runner drains the queue, most recorded IDs are gone at each
 look-up, so the ledger stays a few dozen lines long, and its reading and

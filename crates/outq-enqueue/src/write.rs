@@ -9,7 +9,9 @@ Writing one entry: create in `tmp/`, stream, commit into `new/`.
    then dead (killed, or gone without cleaning up). The new file is checked
    on its descriptor after the lock (regular, one link, our uid and the
    spool's group): a file the runner removed in the instant between
-   creation and lock has no link left and is refused (75).
+   creation and lock has no link left and is refused (75). Then, with
+   `submit_share` in force, the account's ledger records the ID (see
+   `share`), the file existing and locked.
 2. Standard input is gathered in a 64 KiB buffer (constant memory),
    refusing NUL bytes and anything past `message_size_limit`; the buffer
    goes to disk when it is full or when no more input is ready at once,
@@ -38,7 +40,7 @@ next queue run.
 */
 #![forbid(unsafe_code)]
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::time::SystemTime;
 
@@ -64,9 +66,11 @@ const CHUNK: usize = 64 * 1024;
 
 /// A temporary file in `tmp/`, locked while we live, removed unless
 /// committed.
-struct TempEntry<'a> {
-    dir: &'a OwnedFd,
-    id: QueueId,
+pub struct TempEntry<'a> {
+    dirs: &'a Dirs,
+    pub id: QueueId,
+    /// When the ID was made: the entry's arrival time.
+    made: SystemTime,
     file: Flock<std::fs::File>,
     committed: bool,
 }
@@ -74,7 +78,7 @@ struct TempEntry<'a> {
 impl Drop for TempEntry<'_> {
     fn drop(&mut self) {
         if !self.committed {
-            let _ = unlinkat(self.dir.as_fd(), self.id.as_str(), UnlinkatFlags::NoRemoveDir);
+            let _ = unlinkat(self.dirs.tmp.as_fd(), self.id.as_str(), UnlinkatFlags::NoRemoveDir);
         }
     }
 }
@@ -111,8 +115,10 @@ fn interrupted(sig: i32) -> Failure {
     }
 }
 
-/// Create `tmp/ID` for a fresh ID, retrying on the (unlikely) collision.
-fn create<'a>(dirs: &'a Dirs, env: &Env, now: SystemTime) -> Result<TempEntry<'a>, Failure> {
+/// Create and lock `tmp/ID` for a fresh ID, retrying on the (unlikely)
+/// collision.
+pub fn create<'a>(dirs: &'a Dirs, env: &Env) -> Result<TempEntry<'a>, Failure> {
+    let now = SystemTime::now();
     let flags =
         OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
     for _ in 0..8 {
@@ -131,7 +137,7 @@ fn create<'a>(dirs: &'a Dirs, env: &Env, now: SystemTime) -> Result<TempEntry<'a
                 return Err(io_failure("locking the queue file", e));
             }
         };
-        let entry = TempEntry { dir: &dirs.tmp, id, file, committed: false };
+        let entry = TempEntry { dirs, id, made: now, file, committed: false };
         verify_created(&entry, env)?;
         return Ok(entry);
     }
@@ -274,23 +280,16 @@ fn empty() -> Failure {
     Failure::new(Code::DataErr, "the message is empty", "give the message on standard input")
 }
 
-/// Write, commit and make durable one entry; returns its queue ID.
+/// Write, commit and make durable the entry `create` made; returns its
+/// queue ID and the message size.
 pub fn submit(
-    dirs: &Dirs,
+    mut entry: TempEntry<'_>,
     cfg: &Config,
     env: &Env,
     caller: &Caller,
     envelope: &Envelope,
-    ledger: Option<crate::share::Ledger>,
 ) -> Result<(QueueId, u64), Failure> {
-    let now = SystemTime::now();
-    let mut entry = create(dirs, env, now)?;
-    // Recorded while the file exists and is locked: concurrent helpers of
-    // the same account count it from now on.
-    if let Some(ledger) = ledger {
-        ledger.record(&entry.id);
-    }
-    let arrival = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let arrival = entry.made.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut header = Header {
         id: entry.id.clone(),
         arrival,
@@ -310,7 +309,7 @@ pub fn submit(
     if let Some(sig) = env.signals.pending() {
         return Err(interrupted(sig));
     }
-    commit(&mut entry, dirs)?;
+    commit(&mut entry)?;
     let id = entry.id.clone();
     // Durable and in new/: the descriptor and its lock are left to the
     // kernel, which drops both when the process exits a moment later (no
@@ -321,8 +320,8 @@ pub fn submit(
 
 /// The commit point: rename into `new/` without replacing, then make the
 /// entry durable, data and name, with one `fsync` of the file.
-fn commit(entry: &mut TempEntry<'_>, dirs: &Dirs) -> Result<(), Failure> {
-    let id = entry.id.as_str();
+fn commit(entry: &mut TempEntry<'_>) -> Result<(), Failure> {
+    let (id, dirs) = (entry.id.as_str(), entry.dirs);
     renameat2(dirs.tmp.as_fd(), id, dirs.new.as_fd(), id, RenameFlags::RENAME_NOREPLACE)
         .map_err(|e| io_failure("committing the queue file", e))?;
     // From here on the entry is in new/; tmp/ID no longer exists.
