@@ -173,36 +173,54 @@ fn mail_name_warnings(t: &Target) -> Vec<Finding> {
 fn submit_users_warnings(t: &Target) -> Vec<Finding> {
     use outq_spool::accounts;
     let outq_spool::config::SubmitUsers::Only { users, groups } = &t.cfg.submit_users else { return Vec::new() };
-    let is_number = |w: &str| w.bytes().all(|b| b.is_ascii_digit());
-    let (passwd, group) = (accounts::read(accounts::PASSWD), accounts::read(accounts::GROUP));
+    let passwd = accounts::read(accounts::PASSWD).unwrap_or_default();
+    let group = accounts::read(accounts::GROUP).unwrap_or_default();
     let mut out = Vec::new();
-    for name in users.iter().filter(|w| !is_number(w)) {
-        let in_file = passwd.as_ref().is_ok_and(|text| accounts::passwd_by_name(text, name).is_some());
-        if in_file {
-            continue;
-        }
-        out.push(match nix::unistd::User::from_name(name) {
-            Ok(Some(u)) => finding(
-                format!("submit_users: user {name} is known to the name service but not to {}, which outq-enqueue reads instead", accounts::PASSWD),
-                format!("list it by its user ID: {}", u.uid),
-            ),
-            _ => finding(format!("submit_users: there is no user {name}"), "correct submit_users in the configuration"),
-        });
-    }
-    for name in groups.iter().filter(|w| !is_number(w)) {
-        let in_file = group.as_ref().is_ok_and(|text| accounts::group_by_name(text, name).is_some());
-        if in_file {
-            continue;
-        }
-        out.push(match nix::unistd::Group::from_name(name) {
-            Ok(Some(g)) => finding(
-                format!("submit_users: group {name} is known to the name service but not to {}, which outq-enqueue reads instead", accounts::GROUP),
-                format!("list it by its group ID: @{}", g.gid),
-            ),
-            _ => finding(format!("submit_users: there is no group {name} (it is skipped)"), "correct submit_users in the configuration"),
-        });
-    }
+    unknown_to_files(
+        &mut out,
+        users,
+        "user",
+        "",
+        accounts::PASSWD,
+        |n| accounts::passwd_by_name(&passwd, n).is_some(),
+        |n| nix::unistd::User::from_name(n).ok().flatten().map(|u| u.uid.as_raw()),
+    );
+    unknown_to_files(
+        &mut out,
+        groups,
+        "group",
+        "@",
+        accounts::GROUP,
+        |n| accounts::group_by_name(&group, n).is_some(),
+        |n| nix::unistd::Group::from_name(n).ok().flatten().map(|g| g.gid.as_raw()),
+    );
     out
+}
+
+/// One warning per listed name (numbers are IDs, not names) that `file`
+/// lacks: with the number NSS gives it, if any.
+fn unknown_to_files(
+    out: &mut Vec<Finding>,
+    names: &[String],
+    kind: &str,
+    prefix: &str,
+    file: &str,
+    in_file: impl Fn(&str) -> bool,
+    by_nss: impl Fn(&str) -> Option<u32>,
+) {
+    for name in names.iter().filter(|w| !w.bytes().all(|b| b.is_ascii_digit()) && !in_file(w)) {
+        out.push(match by_nss(name) {
+            Some(id) => finding(
+                format!("submit_users: {kind} {name} is known to the name service but not to {file}, which outq-enqueue reads instead"),
+                format!("list it by its {kind} ID: {prefix}{id}"),
+            ),
+            None if kind == "group" => finding(
+                format!("submit_users: there is no {kind} {name} (it is skipped)"),
+                "correct submit_users in the configuration",
+            ),
+            None => finding(format!("submit_users: there is no {kind} {name}"), "correct submit_users in the configuration"),
+        });
+    }
 }
 
 fn check_aliases(a: &crate::config::Aliasing, out: &mut Vec<Finding>) {
