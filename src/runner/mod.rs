@@ -271,17 +271,24 @@ impl Runner {
         })
     }
 
-    /// Most entries claimed at once: enough to keep every worker busy
-    /// while the next claim waits for its directory flushes (a few
-    /// milliseconds on a slow disk), few enough that a crash leaves little
-    /// in `active/` (and only the first `connections` of them count an
-    /// interruption: `recover::possibly_attempted`).
+    /// Most entries in flight (claimed, being delivered or waiting for a
+    /// delivery thread): enough to keep every thread busy while the next
+    /// claim waits for its directory flushes (a few milliseconds on a slow
+    /// disk), few enough that a crash leaves little in `active/` (and only
+    /// the first `connections` of them count an interruption:
+    /// `recover::possibly_attempted`).
     fn window(&self) -> usize {
         self.settings.runner.connections.saturating_mul(16).max(16)
     }
 
+    /// Most entries claimed by one dispatch, their moves made durable with
+    /// one flush of each directory.
+    fn batch(&self) -> usize {
+        self.settings.runner.connections.saturating_mul(4).max(4)
+    }
+
     /// Claims are made when no more than this many entries are in flight,
-    /// and then up to the window: each claim is a batch whose moves share
+    /// a batch at a time up to the window: each batch's moves share
     /// one flush of `active/` and of the directory they came from, instead
     /// of a flush pair per message as each worker frees up, while every
     /// worker still has entries waiting for it.
@@ -346,10 +353,20 @@ impl Runner {
         if self.in_flight.len() > self.refill_at() || self.ready.is_empty() {
             return;
         }
+        // Short claims: from idle (at start-up, after a recovery, when the
+        // queue ran dry) one entry per connection, then batches of
+        // `batch()`, up to the window. Delivery starts after a short claim,
+        // and the entries claimed before the one under way are the ones in
+        // flight, so a crash during a claim counts an interruption
+        // (`recover::possibly_attempted`, the `connections` claimed first)
+        // against entries that could have been under way, not against a
+        // long batch that none of the threads had reached.
+        let connections = self.settings.runner.connections.max(1);
+        let batch = if self.in_flight.is_empty() { connections } else { self.batch() };
         let mut claimed = Vec::new();
         let store = self.store.clone();
         let mut moves = Moves::new(&store);
-        while self.in_flight.len() + claimed.len() < self.window() {
+        while self.in_flight.len() + claimed.len() < self.window() && claimed.len() < batch {
             let Some((from, name)) = self.ready.pop_front() else { break };
             if let Some(job) = self.claim(&mut moves, from, &name) {
                 claimed.push(job);
