@@ -244,16 +244,8 @@ fn check_aliases(a: &crate::config::Aliasing, out: &mut Vec<Finding>) {
 /// Primary gids of every account in /etc/passwd (accounts known only to
 /// another NSS source are not seen; see outq(8)).
 fn primary_group_users(gid: u32) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string("/etc/passwd") else { return Vec::new() };
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            match (f.first(), f.get(3)) {
-                (Some(name), Some(g)) if g.parse::<u32>().ok() == Some(gid) => Some((*name).to_owned()),
-                _ => None,
-            }
-        })
-        .collect()
+    let Ok(text) = std::fs::read(outq_spool::accounts::PASSWD) else { return Vec::new() };
+    outq_spool::accounts::passwd_entries(&text).filter(|p| p.gid == gid).map(|p| p.name).collect()
 }
 
 fn check_accounts(t: &Target, out: &mut Vec<Finding>) {

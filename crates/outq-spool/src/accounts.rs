@@ -87,14 +87,20 @@ fn group_line(line: &[u8]) -> Option<Group> {
     Some(Group { name: (*name).to_owned(), gid: number(gid)?, members: members.unwrap_or_default() })
 }
 
+/// The accounts of `text` (a password file), in order, skipping what is
+/// not an account.
+pub fn passwd_entries(text: &[u8]) -> impl Iterator<Item = Passwd> + '_ {
+    text.split(|b| *b == b'\n').filter_map(passwd_line)
+}
+
 /// The first account of `text` (a password file) with user ID `uid`.
 pub fn passwd_by_uid(text: &[u8], uid: u32) -> Option<Passwd> {
-    text.split(|b| *b == b'\n').filter_map(passwd_line).find(|p| p.uid == uid)
+    passwd_entries(text).find(|p| p.uid == uid)
 }
 
 /// The first account of `text` (a password file) named `name`.
 pub fn passwd_by_name(text: &[u8], name: &str) -> Option<Passwd> {
-    text.split(|b| *b == b'\n').filter_map(passwd_line).find(|p| p.name == name)
+    passwd_entries(text).find(|p| p.name == name)
 }
 
 /// The first group of `text` (a group file) named `name`.
