@@ -235,7 +235,7 @@ impl Recorder {
     }
 
     /// A power cut now. Lock order, here and at a flush: the disk's
-    /// contents, then the events, then the cuts.
+    /// contents, then the events, then the window and the cuts.
     fn cut(&self, name: &'static str) {
         let c = self.disk.lock().unwrap();
         let keeps = self.keeps.lock().unwrap().clone();
@@ -244,8 +244,11 @@ impl Recorder {
 
     /// A cut of `c` with one image per `keeps`.
     fn cut_with(&self, c: &Contents, name: &'static str, keeps: &[Keep]) {
-        let window = self.run_accepted.lock().unwrap().clone().unwrap_or_default();
+        // The window is read under the events' lock, as `accepted` writes
+        // both under it: an acceptance before this cut in the events is
+        // then in its window too, whichever thread got there first.
         let mut events = self.events.lock().unwrap();
+        let window = self.run_accepted.lock().unwrap().clone().unwrap_or_default();
         let mut cuts = self.cuts.lock().unwrap();
         let n = cuts.len();
         let mut images = Vec::new();
@@ -275,9 +278,13 @@ impl Recorder {
     }
 
     fn accepted(&self, rcpts: &[String]) {
-        self.event(Event::Accepted(rcpts.to_vec()));
-        if let Some(w) = self.run_accepted.lock().unwrap().as_mut() {
-            w.extend_from_slice(rcpts);
+        {
+            // One step for the event and the window (see `cut_with`).
+            let mut events = self.events.lock().unwrap();
+            events.push(Event::Accepted(rcpts.to_vec()));
+            if let Some(w) = self.run_accepted.lock().unwrap().as_mut() {
+                w.extend_from_slice(rcpts);
+            }
         }
         let cut = match &mut *self.accept_cuts.lock().unwrap() {
             AcceptCuts::Every => true,
