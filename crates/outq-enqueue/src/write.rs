@@ -15,11 +15,13 @@ Writing one entry: create in `tmp/`, stream, commit into `new/`.
 2. Standard input is gathered in a 64 KiB buffer (constant memory),
    refusing NUL bytes and anything past `message_size_limit`; the buffer
    goes to disk when it is full or when no more input is ready at once,
-   so what the caller sent is on disk whenever the helper waits. A
+   so what the caller sent is on disk whenever the helper waits (a
+   regular file as input is read without waiting: it never blocks). A
    message that has ended by then within the first buffer (most mail) is
-   written whole with one `pwrite`: header with the real size, message,
-   trailer. A longer one: the header with a zero size, the pieces, the
-   last piece with the trailer, then the real size in place.
+   written whole with one `pwritev`: header with the real size, message,
+   trailer, never copied together. A longer one: the header with a zero
+   size and the first piece, the pieces, the last piece with the
+   trailer, then the real size in place.
 3. `renameat2(RENAME_NOREPLACE)` from `tmp/ID` to `new/ID`: the single
    commit point (the file already has the committed mode 0404, set in
    step 1). A reader never sees a partial entry in `new/` except after a
@@ -40,6 +42,7 @@ next queue run.
 */
 #![forbid(unsafe_code)]
 
+use std::io::IoSlice;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::time::SystemTime;
@@ -47,6 +50,7 @@ use std::time::SystemTime;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag, RenameFlags, openat, renameat2};
 use nix::sys::stat::{Mode, fchmod, fstat};
+use nix::sys::uio::pwritev;
 use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
 use outq_spool::config::Config;
 use outq_spool::entry::{self, Header};
@@ -166,21 +170,42 @@ struct Progress {
 }
 
 /// Put `data` on disk after what is there, the header (with a zero size)
-/// first if it is not yet: one `pwrite` either way.
+/// first if it is not yet: one `pwritev` either way.
 fn flush(entry: &TempEntry<'_>, header: &Header, progress: &mut Progress, data: &[u8]) -> Result<(), Failure> {
-    let (offset, bytes) = match progress.header_len {
-        Some(len) => (len + progress.written, std::borrow::Cow::Borrowed(data)),
+    let result = match progress.header_len {
+        Some(len) => write_parts_at(&entry.file, [data, &[], &[]], len + progress.written),
         None => {
             let encoded = header.encode();
             progress.header_len = Some(encoded.bytes.len() as u64);
             progress.size_offset = encoded.size_offset as u64;
-            let mut first = encoded.bytes;
-            first.extend_from_slice(data);
-            (0, std::borrow::Cow::Owned(first))
+            write_parts_at(&entry.file, [&encoded.bytes, data, &[]], 0)
         }
     };
-    entry.file.write_all_at(&bytes, offset).map_err(|e| io_failure("writing the message", errno_of(&e)))?;
+    result.map_err(|e| io_failure("writing the message", e))?;
     progress.written += data.len() as u64;
+    Ok(())
+}
+
+/// Write `parts` one after the other from `offset`: header, message and
+/// trailer go to the kernel as they are, never copied together first.
+/// One `pwritev`, unless the kernel takes less (then the rest follows).
+fn write_parts_at(file: &std::fs::File, mut parts: [&[u8]; 3], mut offset: u64) -> Result<(), Errno> {
+    while parts.iter().any(|p| !p.is_empty()) {
+        let at = i64::try_from(offset).map_err(|_| Errno::EFBIG)?;
+        let n = match pwritev(file, &parts.map(IoSlice::new), at) {
+            Ok(0) => return Err(Errno::EIO),
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        };
+        offset += n as u64;
+        let mut left = n;
+        for part in &mut parts {
+            let done = left.min(part.len());
+            *part = part.get(done..).unwrap_or(&[]);
+            left -= done;
+        }
+    }
     Ok(())
 }
 
@@ -189,7 +214,7 @@ fn flush(entry: &TempEntry<'_>, header: &Header, progress: &mut Progress, data: 
 /// which goes to disk when it is full or when no more input is ready at
 /// once (so whatever the caller has sent is on disk while the helper
 /// waits for more). A message that has ended by then, within the first
-/// buffer (most mail), is written with one `pwrite`, its header already
+/// buffer (most mail), is written with one `pwritev`, its header already
 /// carrying the real size; otherwise the header goes first with a zero
 /// size, the last piece goes with the trailer, and the real size is
 /// written in place at the end.
@@ -200,19 +225,26 @@ fn write_entry(entry: &TempEntry<'_>, env: &Env, header: &mut Header, limit: u64
     let mut buf = vec![0u8; CHUNK];
     let mut filled = 0usize;
     let mut progress = Progress { header_len: None, written: 0, size_offset: 0 };
+    // read(2) from a regular file never waits for a writer, so there is
+    // nothing to wait for and no partial input to put on disk meanwhile:
+    // such input is read without `poll` (a signal that came meanwhile is
+    // still seen before the commit). A pipe, socket or terminal is polled.
+    let wait = !fstat(stdin.as_fd()).is_ok_and(|st| fs::is_regular(&st));
     loop {
         // Wait for input or a termination signal, whichever comes first;
         // then read(2) does not block. With input in hand, only look.
         let timeout = (filled > 0).then_some(0);
-        match env.signals.wait_readable_for(stdin.as_fd(), timeout) {
-            Ok(Some(process::Wait::Ready)) => {}
-            Ok(Some(process::Wait::Signal(sig))) => return Err(interrupted(sig)),
-            Ok(None) => {
+        match wait.then(|| env.signals.wait_readable_for(stdin.as_fd(), timeout)) {
+            None | Some(Ok(Some(process::Wait::Ready))) => {}
+            Some(Ok(Some(process::Wait::Signal(sig)))) => return Err(interrupted(sig)),
+            Some(Ok(None)) => {
                 flush(entry, header, &mut progress, buf.get(..filled).unwrap_or(&[]))?;
                 filled = 0;
                 continue;
             }
-            Err(e) => return Err(Failure::temp(format!("cannot wait for input: {e}"), "report this as a bug")),
+            Some(Err(e)) => {
+                return Err(Failure::temp(format!("cannot wait for input: {e}"), "report this as a bug"));
+            }
         }
         if filled == buf.len() {
             flush(entry, header, &mut progress, &buf)?;
@@ -254,21 +286,14 @@ fn write_entry(entry: &TempEntry<'_>, env: &Env, header: &mut Header, limit: u64
     let Some(header_len) = progress.header_len else {
         // All of it in hand: the whole entry in one write.
         header.size = size;
-        let mut whole = header.encode().bytes;
-        whole.reserve(rest.len() + entry::TRAILER.len());
-        whole.extend_from_slice(rest);
-        whole.extend_from_slice(entry::TRAILER);
-        entry.file.write_all_at(&whole, 0).map_err(|e| io_failure("writing the message", errno_of(&e)))?;
+        let encoded = header.encode();
+        write_parts_at(&entry.file, [&encoded.bytes, rest, entry::TRAILER], 0)
+            .map_err(|e| io_failure("writing the message", e))?;
         return Ok(size);
     };
     // The rest and the trailer in one write, then the size in place.
-    let mut last = Vec::with_capacity(rest.len() + entry::TRAILER.len());
-    last.extend_from_slice(rest);
-    last.extend_from_slice(entry::TRAILER);
-    entry
-        .file
-        .write_all_at(&last, header_len + progress.written)
-        .map_err(|e| io_failure("writing the trailer", errno_of(&e)))?;
+    write_parts_at(&entry.file, [rest, entry::TRAILER, &[]], header_len + progress.written)
+        .map_err(|e| io_failure("writing the trailer", e))?;
     entry
         .file
         .write_all_at(entry::format_size(size).as_bytes(), progress.size_offset)
