@@ -657,6 +657,19 @@ const MAILDIR: &str = "/var/lib/outq-test-maildir";
 /// directory as `install/README.md` says: `cargo build --release -p
 /// outq`, `install/build-helper`, `cargo deb -p outq --no-build`.
 fn package(test: &str) -> Option<PathBuf> {
+    // Built once for all the tests that need it: each build rewrites the
+    // same .deb, which another test may be reading at that moment.
+    static BUILT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = built.as_ref() {
+        return Some(p.clone());
+    }
+    let deb = build_package(test)?;
+    *built = Some(deb.clone());
+    Some(deb)
+}
+
+fn build_package(test: &str) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("OUTQ_DEB") {
         let p = PathBuf::from(p);
         assert!(p.is_file(), "OUTQ_DEB={} is not a file", p.display());
