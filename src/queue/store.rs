@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -294,8 +294,15 @@ impl Store {
     pub fn remove_delivered(&self, id: &str) -> Result<(), Errno> {
         self.unlink(Queue::Active, id)?;
         let ticket = self.changed(Some(Queue::Active));
-        self.delivered.lock().unwrap_or_else(|p| p.into_inner()).push((id.to_owned(), ticket));
-        self.delivered_added.notify_one();
+        let mut pending = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+        // The settling thread only waits on an empty list: a wake-up (a
+        // system call) is only needed for the first.
+        let first = pending.is_empty();
+        pending.push((id.to_owned(), ticket));
+        drop(pending);
+        if first {
+            self.delivered_added.notify_one();
+        }
         Ok(())
     }
 
@@ -312,6 +319,15 @@ impl Store {
         }
     }
 
+    /// Tell the settling thread, waiting in [`Store::settle_delivered`]
+    /// with `stop`, to make its last pass now rather than after its wait.
+    pub fn stop_settling(&self, stop: &AtomicBool) {
+        let pending = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+        stop.store(true, Ordering::SeqCst);
+        drop(pending);
+        self.delivered_added.notify_all();
+    }
+
     /// Close the descriptors handed over by [`Store::retire`].
     fn close_retired(&self) {
         let files = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
@@ -323,9 +339,11 @@ impl Store {
     /// `wait` for one to arrive; returns the IDs settled. Removals made
     /// while one `fsync` runs are all settled by the next, so the batch
     /// grows with the rate of deliveries and adds no delay.
-    pub fn settle_delivered(&self, wait: Duration) -> Result<Vec<String>, Errno> {
+    pub fn settle_delivered(&self, wait: Duration, stop: &AtomicBool) -> Result<Vec<String>, Errno> {
         let mut pending = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.is_empty() && !wait.is_zero() {
+        // `stop` is read under the list's lock, as `stop_settling` sets
+        // it: a stop never waits out `wait`.
+        if pending.is_empty() && !wait.is_zero() && !stop.load(Ordering::SeqCst) {
             pending =
                 self.delivered_added.wait_timeout(pending, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
         }

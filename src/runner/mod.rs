@@ -38,7 +38,7 @@ use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -127,6 +127,44 @@ struct Job {
     settings: Arc<Settings>,
 }
 
+/// When a finished attempt wakes the main thread: only when it has
+/// something to do about it, that is when the entries in flight have
+/// dropped to where it claims more, or when the last has finished. Waking
+/// it for every message cost a pipe write, a context switch and a read
+/// per message, while the window kept dozens of entries in flight.
+#[derive(Debug, Default)]
+struct Pacer {
+    /// Attempts handed to the delivery threads and not yet finished.
+    running: AtomicUsize,
+    /// A finished attempt that leaves this many running, or fewer, wakes
+    /// the main thread.
+    wake_at: AtomicUsize,
+}
+
+impl Pacer {
+    /// An attempt is handed out (before it is sent to a thread).
+    fn started(&self) {
+        self.running.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A delivery thread finished an attempt (after sending its `Done`):
+    /// whether to wake the main thread.
+    fn finished(&self) -> bool {
+        let left = self.running.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+        left <= self.wake_at.load(Ordering::SeqCst)
+    }
+
+    /// The main thread wants waking once no more than `n` attempts are
+    /// running; returns whether that is already so (then it must not
+    /// wait). Both sides write, then read the other's value, all
+    /// sequentially consistent: a finish that comes meanwhile is seen by
+    /// one side or the other, never by neither.
+    fn wake_at(&self, n: usize) -> bool {
+        self.wake_at.store(n, Ordering::SeqCst);
+        self.running.load(Ordering::SeqCst) <= n
+    }
+}
+
 /// The answer a worker sends back.
 #[derive(Debug)]
 struct Done {
@@ -195,6 +233,7 @@ struct Runner {
     jobs: Option<Sender<Job>>,
     done: Receiver<Done>,
     wake: OwnedFd,
+    pacer: Arc<Pacer>,
     workers: Vec<JoinHandle<()>>,
     in_flight: HashSet<QueueId>,
     ready: VecDeque<(Queue, String)>,
@@ -242,12 +281,14 @@ impl Runner {
         let (wake_r, wake_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
             .map_err(|e| Error::temp(format!("cannot create a pipe: {}", e.desc()), "check the open files limit"))?;
         let wake_w = Arc::new(wake_w);
+        let pacer = Arc::new(Pacer::default());
         let mut workers = Vec::new();
         for n in 0..settings.runner.connections {
-            let (store, rx, tx, wake) = (store.clone(), jobs_rx.clone(), done_tx.clone(), wake_w.clone());
+            let (store, rx, tx) = (store.clone(), jobs_rx.clone(), done_tx.clone());
+            let (wake, pace) = (wake_w.clone(), pacer.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("delivery-{n}"))
-                .spawn(move || worker(&store, &rx, &tx, &wake))
+                .spawn(move || worker(&store, &rx, &tx, (&wake, &pace)))
                 .map_err(|e| Error::temp(format!("cannot start a delivery thread: {e}"), "check memory limits"))?;
             workers.push(handle);
         }
@@ -264,6 +305,7 @@ impl Runner {
             jobs: Some(jobs_tx),
             done: done_rx,
             wake: wake_r,
+            pacer,
             workers,
             in_flight: HashSet::new(),
             ready: VecDeque::new(),
@@ -380,6 +422,7 @@ impl Runner {
         for job in claimed {
             self.in_flight.insert(job.entry.id.clone());
             if let Some(tx) = &self.jobs {
+                self.pacer.started();
                 if tx.send(job).is_err() {
                     logging::warning("delivery threads have stopped");
                 }
@@ -493,14 +536,24 @@ impl Runner {
             if self.in_flight.is_empty() && self.ready.is_empty() {
                 return;
             }
-            match self.done.recv_timeout(Duration::from_millis(200)) {
-                Ok(d) => {
-                    self.in_flight.remove(&d.id);
+            if self.pacer.wake_at(self.wake_point()) {
+                continue;
+            }
+            let mut fds =
+                [PollFd::new(self.wake.as_fd(), PollFlags::POLLIN), PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+            if let Err(e) = poll(&mut fds, PollTimeout::from(200u8)) {
+                if e != nix::errno::Errno::EINTR {
+                    logging::warning(&format!("poll failed: {}", e.desc()));
+                    return;
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
         }
+    }
+
+    /// How few attempts may be left running before the main thread has
+    /// work: a refill when entries are ready, else none (the last one).
+    fn wake_point(&self) -> usize {
+        if self.ready.is_empty() { 0 } else { self.refill_at() }
     }
 
     fn daemon(&mut self, opts: &RunOptions, sigfd: &SignalFd) -> Result<(), Error> {
@@ -522,6 +575,7 @@ impl Runner {
         let root_watch = inotify.add_watch(&self.store.root, AddWatchFlags::IN_ATTRIB).map_err(watch_fail)?;
         let mut last_tmp_sweep: Option<Instant> = None;
         let mut next_pass = Instant::now();
+        let mut reap_now = false;
         loop {
             if Instant::now() >= next_pass {
                 recover::sweep(&self.store, &self.settings);
@@ -529,7 +583,11 @@ impl Runner {
                 self.pass(true);
                 next_pass = Instant::now() + self.settings.runner.queue_run_interval;
             }
-            let wait = next_pass.saturating_duration_since(Instant::now()).min(Duration::from_secs(60));
+            let wait = if reap_now {
+                Duration::ZERO
+            } else {
+                next_pass.saturating_duration_since(Instant::now()).min(Duration::from_secs(60))
+            };
             let timeout = PollTimeout::try_from(wait.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::NONE);
             let mut fds = [
                 PollFd::new(inotify.as_fd(), PollFlags::POLLIN),
@@ -579,6 +637,10 @@ impl Runner {
                 self.pass(flush);
             }
             self.dispatch();
+            // Attempts that finished meanwhile, past the wake point, are
+            // reaped without waiting (none in flight: nothing to reap).
+            let due = self.pacer.wake_at(self.wake_point());
+            reap_now = due && !self.in_flight.is_empty();
         }
     }
 
@@ -615,7 +677,7 @@ impl Runner {
             ));
         }
         if let Some((done, handle)) = self.settler.take() {
-            done.store(true, Ordering::SeqCst);
+            self.store.stop_settling(&done);
             let _ = handle.join();
         }
     }
@@ -630,7 +692,7 @@ fn settle_removals(store: &Store, done: &AtomicBool) {
     loop {
         let last = done.load(Ordering::SeqCst);
         let wait = if last { Duration::ZERO } else { Duration::from_millis(200) };
-        match store.settle_delivered(wait) {
+        match store.settle_delivered(wait, done) {
             Ok(ids) => {
                 for id in &ids {
                     logging::info(&format!("{id}: removed (delivered)"));
@@ -660,7 +722,7 @@ fn settle_removals(store: &Store, done: &AtomicBool) {
 }
 
 /// A delivery thread: take a job, attempt it, report back.
-fn worker(store: &Store, jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, wake: &OwnedFd) {
+fn worker(store: &Store, jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, (wake, pacer): (&OwnedFd, &Pacer)) {
     let mut transport: Option<(u64, Box<dyn deliver::Transport>)> = None;
     loop {
         let job = match jobs.lock() {
@@ -697,7 +759,9 @@ fn worker(store: &Store, jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, wake:
             let _ = store.rename_durably(Queue::Active, Queue::Deferred, id.as_str());
         }
         let _ = done.send(Done { id });
-        let _ = nix::unistd::write(wake, b"x");
+        if pacer.finished() {
+            let _ = nix::unistd::write(wake, b"x");
+        }
     }
     if let Some((_, mut t)) = transport {
         t.close();
