@@ -8,7 +8,7 @@
 #   conv=fsync` of the same bytes into a new file on the same filesystem
 #   (exec + write + fsync). It reports medians, the ratio helper/floor and
 #   whether the project's target (helper <= 1.1x the floor) is met, and
-#   writes everything to OUT_DIR/RESULTS.md (raw hyperfine JSON in
+#   writes everything to OUT_DIR/RESULTS.md (raw JSON of every run in
 #   OUT_DIR/results/); bench/run includes that report in bench/RESULTS.md.
 #
 # Two modes
@@ -45,7 +45,8 @@
 #   sudo bash bench/enqueue.sh          # or as root: bash bench/enqueue.sh
 #   bash bench/enqueue.sh               # development mode
 #   Environment: RUNS (default 200, at least 30: timed runs per command),
-#   ROUNDS (default 5: the runs are split into interleaved rounds),
+#   ROUNDS (default 5: the runs are split into rounds, each followed by a
+#   check that the configuration is still the benchmark's),
 #   WARMUP (default 20, spread over the rounds),
 #   CLEAR_NEW (default 1: empty new/ before every run, untimed; 0 lets new/
 #   fill up), BENCH_NO_BUILD=1 (use the existing release build),
@@ -60,22 +61,25 @@
 #   --workspace, then the static-pie helper with install/build-helper (into
 #   target/bench/release/helper/; a BENCH_REV commit older than that script
 #   is measured with its dynamically linked helper, and RESULTS.md says
-#   so). As root it installs hyperfine (and jq) with apt-get when missing;
-#   without hyperfine it falls back to a bash timing loop.
+#   so).
 #
 # Method
-#   hyperfine -N (no shell correction to estimate): every command but a bare
+#   bench/alternate.py, which starts each command without a shell of its
+#   own, as `hyperfine -N` does: every command but a bare
 #   `/bin/true` is `sh -c 'exec [setpriv ...] CMD'`, the shell being there
 #   only for the stdin redirection; the cost of that launch chain is
 #   measured as `sh -c 'exec [setpriv ...] /bin/true'` minus `/bin/true`
 #   and taken out for the "as called directly" ratio, which the target is
-#   judged on. Before every run (warm-ups included) an untimed --prepare
+#   judged on. Before every run (warm-ups included) an untimed prepare
 #   removes the previous run's file (the floor's FILE; the helper's entry in
 #   new/ when CLEAR_NEW=1) and runs `sync`, so each run starts with no dirty
 #   data and creates one new file, for the helper and the floor alike.
-#   (Debian 12's hyperfine 1.15 has no --input, hence the shell.) The runs
-#   are made in ROUNDS interleaved rounds, every command once per round, so
-#   a drift in the machine's load hits the helper and the floor alike.
+#   The runs are made in ROUNDS rounds; within a round the commands take
+#   turns, one run each, the order rotated every turn, so that a drift in
+#   the machine's load or the disk's flush latency hits the helper and the
+#   floor alike (blocks of one command's runs, as hyperfine made them
+#   before, let the ratio move by up to 0.4 from one run of the script to
+#   the next).
 #   A few extra runs under `strace -T` give the fsync and rename durations.
 set -euo pipefail
 
@@ -226,19 +230,6 @@ else
     helper_kind="static-pie, as shipped (install/build-helper)"
 fi
 
-if ! command -v hyperfine >/dev/null && [ "$root" = 1 ]; then
-    say "installing hyperfine"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null 2>&1 ||
-        { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null 2>&1; } ||
-        echo "enqueue.sh: could not install hyperfine; using the bash timing loop" >&2
-fi
-if command -v hyperfine >/dev/null && ! command -v jq >/dev/null && [ "$root" = 1 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null 2>&1 || true
-fi
-have_hyperfine=0
-if command -v hyperfine >/dev/null && { command -v jq >/dev/null || command -v python3 >/dev/null; }; then
-    have_hyperfine=1
-fi
 
 # ------------------------------------------------------------- the set-up
 spool="$work/spool"
@@ -374,7 +365,7 @@ else
     config_desc="$work/outq.conf (spool_min_free = 0), given with --config"
 fi
 # Every timed command but the bare exec is `sh -c 'exec [LAUNCHER] CMD'`,
-# run by hyperfine without a shell of its own (-N): the shell is there only
+# run by bench/alternate.py without a shell of its own: the shell is there only
 # to redirect stdin, and its cost, with the launcher's, is measured on its
 # own (`sh -c 'exec [LAUNCHER] /bin/true'`) rather than estimated.
 wrap() { printf "sh -c 'exec %s%s'" "${run_as:+$run_as }" "$1"; }
@@ -408,9 +399,10 @@ find "$spool/new" -mindepth 1 -delete
 rm -f "$floor/msg"
 
 # ------------------------------------------------------------ measurement
-# The commands are measured in ROUNDS interleaved rounds (each round runs
-# every command RUNS/ROUNDS times, in the same order), so that a slow drift
-# in the machine's load hits the helper and the floor alike. The statistics
+# The commands are measured in ROUNDS rounds of RUNS/ROUNDS turns (each
+# turn runs every command once, in an order rotated by one every turn), so
+# that a drift in the machine's load hits the helper and the floor alike.
+# The statistics
 # are taken over all runs of a command; the spread of the per-round ratios
 # shows how far the result can be trusted.
 mkdir -p "$work/times" "$work/results"
@@ -420,42 +412,6 @@ warm_round=$(((WARMUP + ROUNDS - 1) / ROUNDS))
 [ "$warm_round" -ge 2 ] || warm_round=2
 # One second per line in, "median mean sd min max n" out.
 stats_of() { sort -g "$1" | awk '{a[NR]=$1; s+=$1; q+=$1*$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; mean=s/NR; v=(NR>1)?(q-NR*mean*mean)/(NR-1):0; if (v<0) v=0; printf "%.9f %.9f %.9f %.9f %.9f %d", m, mean, sqrt(v), a[1], a[NR], NR}'; }
-times_of_json() { # json -> one time per line
-    if command -v jq >/dev/null; then
-        jq -r '.results[0].times[]' "$1"
-    else
-        python3 -c 'import json,sys; [print(t) for t in json.load(open(sys.argv[1]))["results"][0]["times"]]' "$1"
-    fi
-}
-# Fallback without hyperfine: time each command with $EPOCHREALTIME (the
-# fork from bash is included, the same for every command).
-loop_round() { # name prepare cmd out
-    local name=$1 prep=$2 cmd=$3 out=$4 i t0 t1
-    : >"$out"
-    for ((i = 0; i < warm_round + per_round; i++)); do
-        eval "$prep" >/dev/null 2>&1
-        t0=$EPOCHREALTIME
-        eval "$cmd" >/dev/null 2>&1 || { check_conf; die "$name failed: $cmd"; }
-        t1=$EPOCHREALTIME
-        if [ "$i" -ge "$warm_round" ]; then awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.9f\n", b - a}' >>"$out"; fi
-    done
-}
-measure_round() { # round name prepare cmd
-    local round=$1 name=$2 prep=$3 cmd=$4 out="$work/times/$2.$1"
-    [ "$round" = 1 ] && say "measuring $name: $cmd"
-    if [ "$have_hyperfine" = 1 ]; then
-        if ! hyperfine -N --style none --warmup "$warm_round" --runs "$per_round" --prepare "$prep" \
-            --export-json "$work/times/$name.$round.json" -n "$name" "$cmd" >/dev/null 2>"$work/hyperfine.err"; then
-            check_conf
-            die "$name failed: $cmd: $(tail -n 3 "$work/hyperfine.err")"
-        fi
-        times_of_json "$work/times/$name.$round.json" >"$out"
-    else
-        loop_round "$name" "$prep" "$cmd" "$out"
-    fi
-    cat "$out" >>"$work/times/$name"
-    check_conf
-}
 # The helper reads /etc/outq/outq.conf: if someone replaced it, the numbers
 # (or the failure) are not ours.
 check_conf() {
@@ -485,11 +441,19 @@ cd "$work"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 for name in "${names[@]}"; do : >"$work/times/$name"; done
+spec="$work/times/spec"
+: >"$spec"
+for name in "${names[@]}"; do printf '%s\t%s\t%s\n' "$name" "${PREP[$name]}" "${CMD[$name]}" >>"$spec"; done
 for ((round = 1; round <= ROUNDS; round++)); do
-    say "round $round of $ROUNDS ($per_round timed runs per command, $warm_round warm-ups)"
+    say "round $round of $ROUNDS ($per_round timed runs per command, one of each in turn; $warm_round warm-up turns)"
+    mkdir -p "$work/times/r$round"
+    python3 "$top/bench/alternate.py" --spec "$spec" --runs "$per_round" --warmup "$warm_round" \
+        --out "$work/times/r$round" 2>"$work/alternate.err" || { check_conf; die "round $round: $(tail -n 3 "$work/alternate.err")"; }
     for name in "${names[@]}"; do
-        measure_round "$round" "$name" "${PREP[$name]}" "${CMD[$name]}"
+        cp "$work/times/r$round/$name.times" "$work/times/$name.$round"
+        cat "$work/times/$name.$round" >>"$work/times/$name"
     done
+    check_conf
 done
 left_new=$(find "$spool/new" -mindepth 1 | wc -l)
 tmp_left=$(find "$spool/tmp" -mindepth 1 ! -name '.share.*' | wc -l)
@@ -498,17 +462,8 @@ finished=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 for name in "${names[@]}"; do
     read -r MED[$name] MEAN[$name] SD[$name] MIN[$name] MAX[$name] N[$name] <<<"$(stats_of "$work/times/$name")"
     # All runs of a command, as one hyperfine-style JSON.
-    if [ "$have_hyperfine" = 1 ]; then
-        if command -v jq >/dev/null; then
-            jq -s '{results: [(.[0].results[0] | del(.mean, .stddev, .median, .user, .system, .min, .max))
-                + {command: .[0].results[0].command, rounds: length,
-                   times: [.[].results[0].times[]], exit_codes: [.[].results[0].exit_codes[]]}]}' \
-                "$work"/times/"$name".*.json >"$work/results/$name.json"
-        else
-            python3 -c 'import json,sys; rs=[json.load(open(f))["results"][0] for f in sys.argv[2:]]; json.dump({"results":[{"command":rs[0]["command"],"rounds":len(rs),"times":[t for r in rs for t in r["times"]],"exit_codes":[c for r in rs for c in r["exit_codes"]]}]}, open(sys.argv[1],"w"), indent=1)' \
-                "$work/results/$name.json" "$work"/times/"$name".*.json
-        fi
-    fi
+    python3 -c 'import json,sys; ts=[float(l) for l in open(sys.argv[3]) if l.strip()]; json.dump({"results":[{"command":sys.argv[2],"rounds":int(sys.argv[4]),"times":ts}]}, open(sys.argv[1],"w"), indent=1)' \
+        "$work/results/$name.json" "${CMD[$name]}" "$work/times/$name" "$ROUNDS"
 done
 # Per-round direct ratios (see the report), for their spread.
 round_med() { stats_of "$work/times/$1.$2" | cut -d' ' -f1; }
@@ -616,11 +571,7 @@ virt=$(systemd-detect-virt 2>/dev/null || true)
 same_fs=no
 [ "$(stat -c %d "$spool")" = "$(stat -c %d "$floor")" ] && same_fs=yes
 rustc_v=$(rustc --version 2>/dev/null || echo unknown)
-if [ "$have_hyperfine" = 1 ]; then
-    tool="$(hyperfine --version) -N (no intermediate shell, so no shell start-up correction); per command $((per_round * ROUNDS)) timed runs and $((warm_round * ROUNDS)) warm-ups, in $ROUNDS interleaved rounds of $per_round (every command once per round, in the order listed below)"
-else
-    tool="bash loop with \$EPOCHREALTIME (hyperfine not available); per command $((per_round * ROUNDS)) timed runs and $((warm_round * ROUNDS)) warm-ups in $ROUNDS interleaved rounds; bash's fork is in every number alike"
-fi
+tool="bench/alternate.py (no intermediate shell, so no shell start-up correction); per command $((per_round * ROUNDS)) timed runs and $((warm_round * ROUNDS)) warm-up turns, in $ROUNDS rounds of $per_round turns (in each turn every command runs once, the order rotated by one from the turn before)"
 machine="$(nproc) cores, $cpu, $mem RAM, kernel $(uname -r), ${virt:-unknown virtualization}, spool on $realfs ($src, virtio disk)"
 if [ "$CLEAR_NEW" = 1 ]; then
     new_policy="the helper's entries in new/ are removed (CLEAR_NEW=1)"
@@ -801,13 +752,13 @@ res="$work/RESULTS.md"
     echo
     echo "Here: exec of a trivial binary $(ms "$T") ms; the 4 KB floor $(ms "${FD[4k]}") ms as called directly, $(ms "${MED[floor_4k]}") ms through the launch chain. The reference figures were measured by another method (not recorded), so compare ratios, not milliseconds, across the two."
     echo
-    echo "Raw hyperfine data: \`bench/results/*.json\` (rewritten by each run)."
+    echo "Raw data: \`bench/results/*.json\`, every run's time (rewritten by each run)."
 } >"$res"
 
 # Only a complete run replaces the previous results.
 mkdir -p "$OUT_DIR/results"
 rm -f "$OUT_DIR"/results/*.json
-if [ "$have_hyperfine" = 1 ]; then cp "$work"/results/*.json "$OUT_DIR/results/"; fi
+cp "$work"/results/*.json "$OUT_DIR/results/"
 cp "$res" "$OUT_DIR/RESULTS.md.tmp.$$"
 mv -f "$OUT_DIR/RESULTS.md.tmp.$$" "$OUT_DIR/RESULTS.md"
 say "wrote $OUT_DIR/RESULTS.md"

@@ -20,17 +20,24 @@
 # - the caller: an unprivileged user; every command runs with its
 #   credentials.
 #
-# 1 caller: hyperfine -N, every command as `sh -c 'exec setpriv ... CMD <
-# FILE'`; the launch chain's cost (its median with /bin/true, minus
+# 1 caller: bench/alternate.py, every command as `sh -c 'exec setpriv ...
+# CMD < FILE'` started without a shell of its own (as `hyperfine -N`
+# does); the launch chain's cost (its median with /bin/true, minus
 # /bin/true's) is taken out for the "direct" figures, as in enqueue.sh.
-# RUNS runs per command in ROUNDS interleaved rounds; before each run an
-# untimed prepare removes the previous run's file (Postfix: waits until
-# pickup and cleanup are done with it), then `sync`.
+# RUNS runs per command in ROUNDS rounds; within a round the commands take
+# turns, one run each (the order rotated every turn), so that the virtual
+# disk's flush latency, which drifts from minute to minute, reaches every
+# command alike (blocks of one command's runs, as hyperfine makes them,
+# moved the ratios by up to 0.3 from one run of this script to the next).
+# Before each run an untimed prepare removes the previous run's file
+# (Postfix: waits until pickup and cleanup are done with it), then `sync`.
 #
 # 8 callers: bench/conc.py, run as the caller, starts 8 streams of
 # submissions (posix_spawn + wait, each timed) and reports messages/s
 # (all messages / wall time) and each message's latency. CONC_ROUNDS
-# interleaved rounds; the queues are emptied and synced between runs, by
+# interleaved rounds (the systems' order rotated every round; a run of 8 x
+# 15 messages of 1 MB lasted a tenth of a second and its ratio moved by
+# 0.5 from one run of this script to the next, hence 8 x 40); the queues are emptied and synced between runs, by
 # moving their files aside rather than removing them: on ext4 without a
 # journal (this machine's root file system), creating a file skips every
 # inode of its block group freed in the last minute, reading each one's
@@ -47,10 +54,10 @@ source "$(dirname "$0")/lib.sh"
 
 RUNS=${RUNS:-100}
 ROUNDS=${ROUNDS:-5}
-CONC_ROUNDS=${CONC_ROUNDS:-3}
+CONC_ROUNDS=${CONC_ROUNDS:-5}
 PROCS=${PROCS:-8}
-N4K=${N4K:-50}
-N1M=${N1M:-15}
+N4K=${N4K:-100}
+N1M=${N1M:-40}
 
 tools
 build
@@ -148,22 +155,24 @@ started=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 per_round=$((RUNS / ROUNDS))
 mkdir -p "$work/t"
 for name in "${names[@]}"; do : >"$work/t/$name"; done
+spec="$work/t/spec"
+: >"$spec"
+for name in "${names[@]}"; do printf '%s\t%s\t%s\n' "$name" "${PREP[$name]}" "${CMD[$name]}" >>"$spec"; done
 for ((r = 1; r <= ROUNDS; r++)); do
     wait_calm
-    say "1 caller: round $r of $ROUNDS ($per_round runs per command)"
-    for name in "${names[@]}"; do
-        hyperfine -N --style none --warmup 2 --runs "$per_round" --prepare "${PREP[$name]}" \
-            --export-json "$work/t/$name.$r.json" -n "$name" "${CMD[$name]}" >/dev/null 2>"$work/hf.err" ||
-            { check_conf; die "$name failed: $(tail -n 3 "$work/hf.err")"; }
-        jq -r '.results[0].times[]' "$work/t/$name.$r.json" >>"$work/t/$name"
-        check_conf
-    done
+    say "1 caller: round $r of $ROUNDS ($per_round runs per command, one of each in turn)"
+    mkdir -p "$work/t/r$r"
+    "$PY" "$bench/alternate.py" --spec "$spec" --runs "$per_round" --warmup 2 --out "$work/t/r$r" 2>"$work/alt.err" ||
+        { check_conf; die "1 caller, round $r: $(tail -n 3 "$work/alt.err")"; }
+    for name in "${names[@]}"; do cat "$work/t/r$r/$name.times" >>"$work/t/$name"; done
+    check_conf
     postsuper -c "$PF/etc" -d ALL >/dev/null 2>&1 || true
 done
 declare -A MED P10 P90
 for name in "${names[@]}"; do
     read -r "MED[$name]" "P10[$name]" "P90[$name]" _ _ _ <<<"$(stats_of "$work/t/$name")"
-    jq -s '{results: [{command: .[0].results[0].command, times: [.[].results[0].times[]]}]}' "$work"/t/"$name".*.json >"$raw/one-$name.json"
+    jq -R -s --arg c "${CMD[$name]}" '{results: [{command: $c, times: [split("\n")[] | select(length > 0) | tonumber]}]}' \
+        "$work/t/$name" >"$raw/one-$name.json"
 done
 L=$(calc "${MED[launcher]} - ${MED[true]}") # the launch chain's own cost
 
@@ -194,7 +203,10 @@ for ((r = 1; r <= CONC_ROUNDS; r++)); do
     for size in 4k 1m; do
         n=$N4K
         [ "$size" = 1m ] && n=$N1M
-        for s in "${systems[@]}"; do
+        # The order rotates every round, so that no system always runs
+        # first or after the same neighbour.
+        k=$(((r - 1) % ${#systems[@]}))
+        for s in "${systems[@]:k}" "${systems[@]:0:k}"; do
             name="${s}_$size"
             in="$work/msg-$size"
             [ "$s" = nullmailer ] && in="$in.nm"
@@ -249,7 +261,7 @@ label() { if [ "$1" = 4k ]; then echo "4 KB"; else echo "1 MB"; fi; }
     echo
     echo "Set-up: outq-enqueue installed \`root:$grp 2755\`, spool by \`outq init\`; Postfix $pf_version, a private instance (\`postfix -c $PF/etc\`, queue \`postfix:postdrop\` as \`postfix check\` made it), master running with \`defer_transports = smtp\` (each message goes through postdrop, pickup, cleanup and qmgr into deferred/, nothing is sent); nullmailer $NM_VERSION unpacked with \`dpkg -x\`, \`nullmailer-queue\` \`mail:root 4755\`, its compiled-in spool /var/spool/nullmailer made for the run (nullmailer-send not running, as outq's runner is not); floor \`dd bs=64K conv=fsync\` into a new file on the same filesystem. Every command runs as the unprivileged user \`$caller\`. Messages: exactly 4096 and 1048576 bytes, one recipient; nullmailer's input adds its envelope lines ($(($(stat -c %s "$msg4k.nm") - 4096)) bytes)."
     echo
-    echo "### 1 caller (hyperfine, milliseconds per message, medians of $RUNS runs in $ROUNDS interleaved rounds)"
+    echo "### 1 caller (bench/alternate.py, milliseconds per message, medians of $RUNS runs in $ROUNDS rounds, the commands taking turns one run at a time)"
     echo
     echo "The launch chain \`sh -c 'exec $as_caller …'\` costs $(ms "$L") ms on its own (median with /bin/true $(ms "${MED[launcher]}") ms − /bin/true $(ms "${MED[true]}") ms); it is taken out for the **direct** figures (as a caller that execs the program would see). Raw medians in brackets; p10–p90 of the raw runs after them."
     echo
@@ -320,7 +332,7 @@ label() { if [ "$1" = 4k ]; then echo "4 KB"; else echo "1 MB"; fi; }
     for name in "${names[@]}"; do echo "${CMD[$name]}    # prepare: ${PREP[$name]}"; done
     echo '```'
     echo
-    echo "Raw data: \`bench/results/peers/\` (one-*.json: hyperfine times; conc-*.json: every latency of every 8-caller run)."
+    echo "Raw data: \`bench/results/peers/\` (one-*.json: every 1-caller time; conc-*.json: every latency of every 8-caller run)."
 } >"$OUT/peers.md"
 cp "$work/summary" "$OUT/peers.summary"
 say "wrote $OUT/peers.md"
