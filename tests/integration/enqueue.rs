@@ -155,3 +155,62 @@ fn streams_a_large_message_in_constant_memory() {
     let limits = Limits { max_recipients: 10, max_size: 50_000_000 };
     assert_eq!(entry::parse_bytes(&data, &limits).unwrap().1, body.as_slice());
 }
+
+/// Standard input from a regular file is read without waiting, in pieces
+/// that end at multiples of 64 KiB in the entry (the first shortened by
+/// the header); whatever the size around those boundaries, the entry
+/// parses back to the same bytes with its real size.
+#[test]
+fn a_message_from_a_regular_file_parses_back_at_every_piece_boundary() {
+    let s = DevSpool::new();
+    let dir = tempfile::tempdir().unwrap();
+    for size in [1, 4096, 65_000, 65_536, 65_537, 131_072, 131_073, 300_001] {
+        let body = message(size);
+        let input = dir.path().join(format!("m{size}"));
+        std::fs::write(&input, &body).unwrap();
+        let mut cmd = s.helper();
+        cmd.arg("a@example.org").stdin(std::fs::File::open(&input).unwrap());
+        let r = crate::support::Ran::from_output(cmd.output().unwrap());
+        let id = r.queue_id();
+        let data = std::fs::read(s.root().join("new").join(&id)).unwrap();
+        let (h, got) = entry::parse_bytes(&data, &LIMITS).unwrap();
+        assert_eq!(got, body.as_slice(), "size {size}");
+        assert_eq!(h.size, size as u64);
+    }
+}
+
+/// A pipe that delivers a long message in uneven bursts, with pauses:
+/// every burst that arrives is put on disk while the helper waits, and the
+/// entry still parses back to the same bytes.
+#[test]
+fn a_message_in_uneven_bursts_parses_back() {
+    use std::io::Write;
+    let s = DevSpool::new();
+    let body = message(200_003);
+    let mut cmd = s.helper();
+    cmd.arg("a@example.org")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut at = 0;
+    for (i, len) in [1usize, 70_000, 3, 65_533, 12_345, 65_536].iter().cycle().enumerate() {
+        if at == body.len() {
+            break;
+        }
+        let end = (at + len).min(body.len());
+        stdin.write_all(&body[at..end]).unwrap();
+        stdin.flush().unwrap();
+        at = end;
+        if i % 2 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    drop(stdin);
+    let r = crate::support::Ran::from_output(child.wait_with_output().unwrap());
+    let id = r.queue_id();
+    let data = std::fs::read(s.root().join("new").join(&id)).unwrap();
+    let (_, got) = entry::parse_bytes(&data, &LIMITS).unwrap();
+    assert_eq!(got, body.as_slice());
+}

@@ -16,7 +16,9 @@ Writing one entry: create in `tmp/`, stream, commit into `new/`.
    refusing NUL bytes and anything past `message_size_limit`; the buffer
    goes to disk when it is full or when no more input is ready at once,
    so what the caller sent is on disk whenever the helper waits (a
-   regular file as input is read without waiting: it never blocks). A
+   regular file as input is read without waiting: it never blocks).
+   Pieces end at multiples of 64 KiB in the file (the first is shorter
+   by the header's length), so that the writes cover whole pages. A
    message that has ended by then within the first buffer (most mail) is
    written whole with one `pwritev`: header with the real size, message,
    trailer, never copied together. A longer one: the header with a zero
@@ -230,6 +232,17 @@ fn write_entry(entry: &TempEntry<'_>, env: &Env, header: &mut Header, limit: u64
     // such input is read without `poll` (a signal that came meanwhile is
     // still seen before the commit). A pipe, socket or terminal is polled.
     let wait = !fstat(stdin.as_fd()).is_ok_and(|st| fs::is_regular(&st));
+    // Each piece ends at a multiple of CHUNK in the file (the first is
+    // shortened by the header), so the writes after it cover whole pages:
+    // the page cache then keeps the file in large folios, and the flush
+    // sends it to the disk in fewer, larger requests. Unaligned 64 KiB
+    // writes made the `fsync` of a 1 MB entry about 0.1 ms slower than
+    // dd's on ext4.
+    let header_len = header.encode().bytes.len() as u64;
+    let piece = |progress: &Progress| {
+        let at = progress.header_len.unwrap_or(header_len) + progress.written;
+        CHUNK - (at % CHUNK as u64) as usize
+    };
     loop {
         // Wait for input or a termination signal, whichever comes first;
         // then read(2) does not block. With input in hand, only look.
@@ -246,11 +259,12 @@ fn write_entry(entry: &TempEntry<'_>, env: &Env, header: &mut Header, limit: u64
                 return Err(Failure::temp(format!("cannot wait for input: {e}"), "report this as a bug"));
             }
         }
-        if filled == buf.len() {
-            flush(entry, header, &mut progress, &buf)?;
+        if filled == piece(&progress) {
+            flush(entry, header, &mut progress, buf.get(..filled).unwrap_or(&[]))?;
             filled = 0;
         }
-        let n = match nix::unistd::read(stdin.as_fd(), buf.get_mut(filled..).unwrap_or(&mut [])) {
+        let end = piece(&progress);
+        let n = match nix::unistd::read(stdin.as_fd(), buf.get_mut(filled..end).unwrap_or(&mut [])) {
             Ok(0) => break,
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
