@@ -35,9 +35,12 @@
 # 8 callers: bench/conc.py, run as the caller, starts 8 streams of
 # submissions (posix_spawn + wait, each timed) and reports messages/s
 # (all messages / wall time) and each message's latency. CONC_ROUNDS
-# interleaved rounds (the systems' order rotated every round; a run of 8 x
-# 15 messages of 1 MB lasted a tenth of a second and its ratio moved by
-# 0.5 from one run of this script to the next, hence 8 x 40); the queues are emptied and synced between runs, by
+# interleaved rounds (the systems' order rotated every round, so that no
+# system always runs first or after the same neighbour). A run of 1 MB
+# messages is 8 x 15: runs of 8 x 40 (320 MB each) pushed this virtual
+# disk into a throttled state midway through the script (every system's
+# rate fell from about 1000 to about 450 msg/s between two rounds), which
+# measures the host's disk rather than the programs; the queues are emptied and synced between runs, by
 # moving their files aside rather than removing them: on ext4 without a
 # journal (this machine's root file system), creating a file skips every
 # inode of its block group freed in the last minute, reading each one's
@@ -54,10 +57,10 @@ source "$(dirname "$0")/lib.sh"
 
 RUNS=${RUNS:-100}
 ROUNDS=${ROUNDS:-5}
-CONC_ROUNDS=${CONC_ROUNDS:-5}
+CONC_ROUNDS=${CONC_ROUNDS:-7}
 PROCS=${PROCS:-8}
 N4K=${N4K:-100}
-N1M=${N1M:-40}
+N1M=${N1M:-15}
 
 tools
 build
