@@ -767,3 +767,23 @@ fn worker(store: &Store, jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>, (wake
         t.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Pacer;
+
+    #[test]
+    fn a_finished_attempt_wakes_the_main_thread_only_past_its_wake_point() {
+        let p = Pacer::default();
+        for _ in 0..4 {
+            p.started();
+        }
+        assert!(!p.wake_at(2), "4 running, waking at 2: wait");
+        assert!(!p.finished(), "3 left");
+        assert!(p.finished(), "2 left: the refill point");
+        assert!(p.finished(), "1 left: still past it");
+        assert!(!p.wake_at(0), "1 running, waking at 0: wait for the last");
+        assert!(p.finished(), "the last");
+        assert!(p.wake_at(0), "none running: nothing to wait for");
+    }
+}
