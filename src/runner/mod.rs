@@ -547,6 +547,18 @@ impl Runner {
                     return;
                 }
             }
+            // Every delivery thread gone (none would report again): what
+            // is still claimed is recovered by the next queue run.
+            match self.done.try_recv() {
+                Ok(d) => {
+                    self.in_flight.remove(&d.id);
+                }
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    logging::warning("delivery threads have stopped");
+                    return;
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
         }
     }
 
